@@ -1,0 +1,129 @@
+"""Point correspondence: cosine similarity, sub-pixel argmax, mutual-nearest-neighbour check, confidence."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from ..features.base import FeatureMap, l2_normalize
+
+
+@dataclass
+class PointMatches:
+    """Matches of template points in a target, all in target pixels.
+
+    Attributes
+    ----------
+    xy : ndarray (N, 2)
+        Matched ``(x, y)``.
+    similarity : ndarray (N,)
+        Cosine similarity of the template descriptor and the target descriptor at ``xy``.
+    mutual : ndarray (N,) bool
+        Whether the target point's own best match in the template lies back at the template point.
+    confidence : ndarray (N,)
+        In [0, 1]: how distinct the peak is, halved when the match is not mutual.
+    """
+
+    xy: np.ndarray
+    similarity: np.ndarray
+    mutual: np.ndarray
+    confidence: np.ndarray
+
+
+def similarity_maps(queries: np.ndarray, feature_map: FeatureMap) -> np.ndarray:
+    """Cosine similarity of each query ``(N, C)`` with every cell of ``feature_map``: ``(N, h, w)``."""
+    C, h, w = feature_map.data.shape
+    q = l2_normalize(np.asarray(queries, np.float32), axis=1)
+    f = l2_normalize(feature_map.data.reshape(C, -1), axis=0)
+    return (q @ f).reshape(-1, h, w)
+
+
+def subpixel_peak(score: np.ndarray) -> tuple[float, float, float]:
+    """Argmax of a 2D map refined by a parabola along each axis: ``(y, x, peak value)``."""
+    iy, ix = np.unravel_index(int(np.argmax(score)), score.shape)
+    peak = float(score[iy, ix])
+    off = []
+    for axis, i in ((0, iy), (1, ix)):
+        n = score.shape[axis]
+        if 0 < i < n - 1:
+            lo = score[iy - 1, ix] if axis == 0 else score[iy, ix - 1]
+            hi = score[iy + 1, ix] if axis == 0 else score[iy, ix + 1]
+            denom = lo - 2 * peak + hi
+            off.append(float(np.clip(0.5 * (lo - hi) / denom, -0.5, 0.5)) if denom < 0 else 0.0)
+        else:
+            off.append(0.0)
+    return iy + off[0], ix + off[1], peak
+
+
+def _window_scores(sim_grid: np.ndarray, fmap: FeatureMap, center_xy: np.ndarray, radius: float):
+    """Similarity sampled on the pixel window around ``center_xy``: (scores, ys, xs)."""
+    H, W = fmap.image_shape
+    cx, cy = center_xy
+    x0, x1 = int(max(0, np.floor(cx - radius))), int(min(W - 1, np.ceil(cx + radius)))
+    y0, y1 = int(max(0, np.floor(cy - radius))), int(min(H - 1, np.ceil(cy + radius)))
+    ys = np.arange(y0, y1 + 1, dtype=np.float64)
+    xs = np.arange(x0, x1 + 1, dtype=np.float64)
+    yy, xx = np.meshgrid(ys, xs, indexing="ij")
+    g = fmap.pixel_to_grid(np.stack([xx.ravel(), yy.ravel()], 1))
+    vals = ndimage.map_coordinates(sim_grid, [g[:, 1], g[:, 0]], order=1, mode="nearest")
+    return vals.reshape(yy.shape), ys, xs
+
+
+def match_points(template: FeatureMap, target: FeatureMap, template_xy: np.ndarray,
+                 initial_xy: np.ndarray | None = None, radius: float | None = None,
+                 prior_sigma: float | None = None) -> PointMatches:
+    """Find template points in the target by descriptor similarity.
+
+    Parameters
+    ----------
+    template, target : FeatureMap
+    template_xy : ndarray (N, 2)
+        Points in template pixels.
+    initial_xy : ndarray (N, 2), optional
+        Expected target positions (from a global correspondence); the search is then limited to
+        ``radius`` pixels around them and weighted by a Gaussian prior of width ``prior_sigma``.
+        Without it the whole target is searched.
+    """
+    template_xy = np.asarray(template_xy, np.float64).reshape(-1, 2)
+    n = len(template_xy)
+    queries = l2_normalize(template.sample(template_xy), axis=1)
+    sims = similarity_maps(queries, target)
+    H, W = target.image_shape
+    diag = float(np.hypot(H, W))
+    out_xy = np.zeros((n, 2))
+    out_sim = np.zeros(n)
+    out_conf = np.zeros(n)
+    mutual = np.zeros(n, bool)
+    for i in range(n):
+        if initial_xy is None:
+            center, rad = np.array([(W - 1) / 2, (H - 1) / 2]), diag
+        else:
+            center, rad = np.asarray(initial_xy[i], np.float64), radius or 0.08 * diag
+        scores, ys, xs = _window_scores(sims[i], target, center, rad)
+        weighted = scores.copy()
+        if initial_xy is not None and prior_sigma:
+            yy, xx = np.meshgrid(ys, xs, indexing="ij")
+            d2 = (yy - center[1]) ** 2 + (xx - center[0]) ** 2
+            weighted = (scores + 1) / 2 * np.exp(-d2 / (2 * prior_sigma**2))
+        py, px, _ = subpixel_peak(weighted)
+        y, x = ys[0] + py, xs[0] + px
+        out_xy[i] = (x, y)
+        peak = float(ndimage.map_coordinates(scores, [[py], [px]], order=1)[0])
+        out_sim[i] = peak
+        background = float(np.median(scores))
+        out_conf[i] = np.clip((peak - background) / max(1e-6, 1 - background), 0, 1)
+
+    # Mutual nearest neighbours: search back from each target match around its template point.
+    back = l2_normalize(target.sample(out_xy), axis=1)
+    back_sims = similarity_maps(back, template)
+    Ht, Wt = template.image_shape
+    tol = max(2.0, 0.6 * max(template.stride_yx), 0.01 * np.hypot(Ht, Wt))
+    for i in range(n):
+        rad = (radius or 0.08 * np.hypot(Ht, Wt)) if initial_xy is not None else np.hypot(Ht, Wt)
+        scores, ys, xs = _window_scores(back_sims[i], template, template_xy[i], rad)
+        py, px, _ = subpixel_peak(scores)
+        mutual[i] = np.hypot(ys[0] + py - template_xy[i, 1], xs[0] + px - template_xy[i, 0]) <= tol
+    out_conf = np.where(mutual, out_conf, 0.5 * out_conf)
+    return PointMatches(out_xy, out_sim, mutual, out_conf)

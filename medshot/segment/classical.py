@@ -1,0 +1,180 @@
+"""A weights-free promptable segmenter: random-walker refinement seeded by the carried prompts.
+
+For each label, a region of interest is cut around its prompts; foreground seeds are the positive
+points and the core of the coarse mask, background seeds are the negative points, the region
+beyond an uncertainty band around the coarse mask and the border of the region. The random walker
+(Grady 2006) then decides the band from image edges (and, when given, from the feature-similarity
+foreground probability as a second channel).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from scipy import ndimage
+from skimage.segmentation import random_walker
+from skimage.transform import resize
+
+from .base import Prompt, Segmentation, box_from_mask, box_from_points
+
+
+class ClassicalSegmenter:
+    """Random-walker segmenter driven by points, an optional box and an optional coarse mask.
+
+    Parameters
+    ----------
+    band : float
+        Half-width of the undecided band around a coarse mask, as a fraction of the structure's
+        equivalent radius (at least ``min_band_px``).
+    beta : float
+        Random-walker edge sensitivity.
+    max_side : int
+        Regions of interest larger than this (pixels) are solved at reduced resolution.
+    """
+
+    name = "classical"
+
+    def __init__(self, band: float = 0.25, min_band_px: float = 2.0, beta: float = 90.0, max_side: int = 160,
+                 point_radius: float = 1.5):
+        self.band = band
+        self.min_band_px = min_band_px
+        self.beta = beta
+        self.max_side = max_side
+        self.point_radius = point_radius
+
+    def segment(self, image: np.ndarray, prompts: list[Prompt]) -> list[Segmentation]:
+        image = np.asarray(image, dtype=np.float32)
+        if image.ndim == 3:
+            image = image.mean(axis=2)
+        results = [self._segment_one(image, p) for p in prompts]
+        return _resolve_overlaps(results)
+
+    # ------------------------------------------------------------------------------------------
+
+    def _segment_one(self, image: np.ndarray, prompt: Prompt) -> tuple[Segmentation, np.ndarray | None]:
+        H, W = image.shape
+        coarse = None if prompt.mask is None else np.asarray(prompt.mask, dtype=bool)
+        if coarse is not None and not coarse.any():
+            coarse = None
+        pos = np.asarray(prompt.positive_xy, dtype=np.float64).reshape(-1, 2)
+        neg = np.asarray(prompt.negative_xy, dtype=np.float64).reshape(-1, 2)
+        if coarse is None and len(pos) == 0 and prompt.box_xyxy is None:
+            return Segmentation(prompt.label, np.zeros((H, W), bool), 0.0), None
+
+        # Region of interest around everything we know about the structure.
+        boxes = []
+        if coarse is not None:
+            boxes.append(box_from_mask(coarse))
+        if len(pos):
+            boxes.append(box_from_points(pos))
+        if prompt.box_xyxy is not None:
+            boxes.append(np.asarray(prompt.box_xyxy, dtype=np.float64))
+        b = np.array(boxes)
+        x0, y0 = b[:, 0].min(), b[:, 1].min()
+        x1, y1 = b[:, 2].max(), b[:, 3].max()
+        size = max(x1 - x0, y1 - y0) + 1
+        margin = 0.25 * size + 4
+        if coarse is None:
+            margin = 0.5 * size + 6
+        rx0, ry0 = int(max(0, np.floor(x0 - margin))), int(max(0, np.floor(y0 - margin)))
+        rx1, ry1 = int(min(W - 1, np.ceil(x1 + margin))), int(min(H - 1, np.ceil(y1 + margin)))
+        roi = (slice(ry0, ry1 + 1), slice(rx0, rx1 + 1))
+        h, w = ry1 - ry0 + 1, rx1 - rx0 + 1
+        factor = min(1.0, self.max_side / max(h, w))
+        sh, sw = max(4, int(round(h * factor))), max(4, int(round(w * factor)))
+        fy, fx = sh / h, sw / w
+
+        sub = resize(image[roi], (sh, sw), order=1, anti_aliasing=factor < 1, preserve_range=True)
+        seeds = np.zeros((sh, sw), dtype=np.int32)
+        yy, xx = np.mgrid[0:sh, 0:sw]
+
+        if coarse is not None:
+            c = resize(coarse[roi].astype(np.float32), (sh, sw), order=1, preserve_range=True) > 0.5
+            area = max(c.sum(), 1)
+            band = max(self.min_band_px * max(fx, fy), self.band * np.sqrt(area / np.pi))
+            dist_in = ndimage.distance_transform_edt(c)
+            dist_out = ndimage.distance_transform_edt(~c)
+            seeds[dist_out > band] = 2
+            core = dist_in > band
+            if not core.any() and c.any():
+                core = dist_in >= dist_in.max()
+            seeds[core] = 1
+        # Image border of the region is background unless the region touches the image border.
+        border = np.zeros((sh, sw), bool)
+        if ry0 > 0:
+            border[0, :] = True
+        if ry1 < H - 1:
+            border[-1, :] = True
+        if rx0 > 0:
+            border[:, 0] = True
+        if rx1 < W - 1:
+            border[:, -1] = True
+        seeds[border & (seeds == 0)] = 2
+        r = max(self.point_radius * max(fx, fy), 1.0)
+        for x, y in neg:
+            sx, sy = (x - rx0) * fx, (y - ry0) * fy
+            seeds[(yy - sy) ** 2 + (xx - sx) ** 2 <= r * r] = 2
+        for x, y in pos:
+            sx, sy = (x - rx0) * fx, (y - ry0) * fy
+            seeds[(yy - sy) ** 2 + (xx - sx) ** 2 <= r * r] = 1
+        if not (seeds == 1).any():
+            return Segmentation(prompt.label, np.zeros((H, W), bool), 0.0), None
+        if not (seeds == 2).any():
+            seeds[0, :] = np.where(seeds[0, :] == 0, 2, seeds[0, :])
+
+        data = ndimage.gaussian_filter(sub.astype(np.float64), 0.7)
+        channels = [data]
+        if prompt.foreground_prob is not None:
+            fp = resize(np.asarray(prompt.foreground_prob, np.float32)[roi], (sh, sw), order=1, preserve_range=True)
+            channels.append(fp)
+        stack = np.stack(channels, axis=-1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            prob = random_walker(stack, seeds, beta=self.beta, mode="bf" if sh * sw <= 40000 else "cg_j",
+                                 return_full_prob=True, channel_axis=-1, tol=1e-3)[0]
+        prob = np.nan_to_num(prob, nan=0.0)
+        full_prob = resize(prob, (h, w), order=1, preserve_range=True)
+        mask_roi = full_prob > 0.5
+        mask_roi = _keep_seeded_components(mask_roi, pos - [rx0, ry0], coarse[roi] if coarse is not None else None)
+        mask_roi = ndimage.binary_fill_holes(mask_roi)
+        mask = np.zeros((H, W), bool)
+        mask[roi] = mask_roi
+        prob_full = np.zeros((H, W), np.float32)
+        prob_full[roi] = full_prob
+        undecided = seeds == 0
+        confidence = float(np.mean(np.abs(2 * prob[undecided] - 1))) if undecided.any() else 1.0
+        score = confidence if mask.any() else 0.0
+        return Segmentation(prompt.label, mask, score), prob_full
+
+
+def _keep_seeded_components(mask: np.ndarray, pos_xy: np.ndarray, coarse: np.ndarray | None) -> np.ndarray:
+    """Drop islands that neither hold a positive point nor overlap the coarse mask's largest part."""
+    lab, n = ndimage.label(mask)
+    if n <= 1:
+        return mask
+    keep = set()
+    for x, y in np.round(pos_xy).astype(int):
+        if 0 <= y < mask.shape[0] and 0 <= x < mask.shape[1] and lab[y, x] > 0:
+            keep.add(lab[y, x])
+    if coarse is not None and coarse.any():
+        overlap = np.bincount(lab[coarse], minlength=n + 1)
+        overlap[0] = 0
+        keep.add(int(np.argmax(overlap)))
+    if not keep:
+        sizes = np.bincount(lab.ravel())
+        sizes[0] = 0
+        keep.add(int(np.argmax(sizes)))
+    return np.isin(lab, list(keep))
+
+
+def _resolve_overlaps(results: list[tuple[Segmentation, np.ndarray | None]]) -> list[Segmentation]:
+    """Where two labels claim a pixel, the one with the higher random-walker probability keeps it."""
+    segs = [r[0] for r in results]
+    probs = [r[1] for r in results]
+    if len(segs) > 1:
+        stack = np.stack([np.where(s.mask, p if p is not None else 0.0, -1.0) for s, p in zip(segs, probs)])
+        winner = np.argmax(stack, axis=0)
+        for i, s in enumerate(segs):
+            s.mask = s.mask & (winner == i)
+    return segs
