@@ -120,10 +120,13 @@ class OneShot:
         f = self.work_size / max(H, W)
         h, w = max(8, int(round(H * f))), max(8, int(round(W * f)))
         work = resize(normalized, (h, w), order=1, anti_aliasing=f < 1, preserve_range=True).astype(np.float32)
-        fmap = self.backbone(work)
-        if fmap.image_shape != (h, w):
+        given = normalized if getattr(self.backbone, "full_resolution_input", False) else work
+        fmap = self.backbone(given)
+        if fmap.image_shape != given.shape:
             raise MedshotError(f"backbone '{getattr(self.backbone, 'name', '?')}' described a {fmap.image_shape} "
-                               f"image but was given {(h, w)}")
+                               f"image but was given {given.shape}")
+        if fmap.image_shape != (h, w):
+            fmap = fmap.rescaled((h, w))
         grid = fmap if fmap.grid_shape == (h, w) and fmap.stride_yx == (1.0, 1.0) else fmap.resampled((h, w))
         data = grid.data
         if fit_basis:

@@ -79,8 +79,23 @@ class FeatureMap:
         return FeatureMap(out, (sy, sx), ((sy - 1) / 2, (sx - 1) / 2), self.image_shape)
 
 
+    def rescaled(self, image_shape: tuple[int, int]) -> FeatureMap:
+        """The same features described in the pixel frame of the image resized to ``image_shape``."""
+        H, W = self.image_shape
+        fy, fx = image_shape[0] / H, image_shape[1] / W
+        return FeatureMap(
+            self.data, (self.stride_yx[0] * fy, self.stride_yx[1] * fx),
+            ((self.offset_yx[0] + 0.5) * fy - 0.5, (self.offset_yx[1] + 0.5) * fx - 0.5), tuple(image_shape),
+        )
+
+
 class Backbone(Protocol):
-    """What the registry hands out: a callable from an image to its :class:`FeatureMap`."""
+    """What the registry hands out: a callable from an image to its :class:`FeatureMap`.
+
+    A backbone may set ``full_resolution_input = True``: it is then given the target at its own
+    resolution (not the matching grid), e.g. so a SAM encoder pass can be shared with the SAM
+    segmenter, which sees the same full-resolution image.
+    """
 
     name: str
 

@@ -6,6 +6,7 @@ and, when it needs weights, a function that says whether they are present here.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -55,7 +56,14 @@ def get_backbone(name: str, **options) -> Backbone:
     if name not in _REGISTRY:
         raise MedshotError(f"unknown backbone '{name}'; known: {', '.join(_REGISTRY)}")
     options = {k: v for k, v in options.items() if v is not None}
-    return _REGISTRY[name].factory(**options)
+    factory = _REGISTRY[name].factory
+    params = inspect.signature(factory).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        unknown = sorted(set(options) - set(params))
+        if unknown:
+            raise MedshotError(f"backbone '{name}' does not take option(s) {', '.join(unknown)} "
+                               f"(it takes: {', '.join(params) or 'none'})")
+    return factory(**options)
 
 
 _PLUGINS_LOADED = False
@@ -70,7 +78,7 @@ def _load_plugins() -> None:
     from . import classical
 
     register_backbone(BackboneEntry(
-        "classical", "weights-free", lambda **kw: classical.ClassicalBackbone(**kw),
+        "classical", "weights-free", classical.ClassicalBackbone,
         "multi-scale Gaussian-derivative jets + MIND self-similarity (no weights needed)",
     ))
     import importlib

@@ -24,8 +24,10 @@ def _load_plugins() -> None:
     from .classical import ClassicalSegmenter
 
     register_segmenter("classical", lambda **kw: ClassicalSegmenter(**kw))
+    import importlib
+
     try:
-        from . import sam  # noqa: F401 - registers the Segment Anything names
+        importlib.import_module(f"{__package__}.sam")  # registers the Segment Anything names
     except ModuleNotFoundError as exc:
         if exc.name != f"{__package__}.sam":
             raise

@@ -1,0 +1,257 @@
+"""Command line: ``medshot template | localize | segment | demo | backbones``.
+
+Every command checks all of its inputs before writing anything, writes each output atomically
+and, on a problem a user can fix, prints one line naming the file and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .errors import MedshotError
+
+EXIT_USER_ERROR = 2
+
+
+def _add_model_options(p: argparse.ArgumentParser, segmenter: bool = False) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--backbone", default="classical",
+                   help="feature backbone (default: classical, weights-free); see `medshot backbones`")
+    g.add_argument("--weights", default=None,
+                   help="backbone weights: a save_pretrained folder, checkpoint file or hub id")
+    g.add_argument("--layer", type=int, default=None, help="ViT layer to read features from")
+    g.add_argument("--facet", choices=["token", "key", "query", "value"], default=None, help="ViT facet")
+    g.add_argument("--stride", type=int, default=None, help="patch-embedding stride (< patch size = overlap)")
+    g.add_argument("--log-bin", action="store_true", default=None, help="neighbourhood log binning (17 bins)")
+    if segmenter:
+        g.add_argument("--segmenter", default="classical",
+                       help="promptable segmenter (default: classical, weights-free; e.g. sam_vit_b)")
+        g.add_argument("--segmenter-weights", default=None, help="segmenter weights: folder, .pth file or hub id")
+    g.add_argument("--work-size", type=int, default=256, help="longest side of the matching grid (pixels)")
+    g.add_argument("--window", type=float, nargs=2, metavar=("LOW", "HIGH"), default=None,
+                   help="intensity window, e.g. CT HU -160 240 (default: robust percentiles per image)")
+
+
+def backbone_options(args: argparse.Namespace) -> dict:
+    return {"weights": args.weights, "layer": args.layer, "facet": args.facet, "stride": args.stride,
+            "log_bin": args.log_bin}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="medshot", description=(
+        "One-shot localization and segmentation of medical images: annotate one template, "
+        "find the same landmarks and structures in new images."))
+    parser.add_argument("--version", action="version", version=f"medshot {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("template", help="make template.json from an image, a mask and/or landmarks")
+    p.add_argument("image", help="template image (PNG/JPEG/TIFF, NIfTI, DICOM)")
+    p.add_argument("--mask", help="label map of the template (0 = background)")
+    p.add_argument("--landmarks", help="CSV with columns name,x,y (or landmark_id,x,y; optional image column)")
+    p.add_argument("--labels", help="comma-separated labels of the mask to use (default: all)")
+    p.add_argument("--label-names", help="CSV with columns label,name")
+    p.add_argument("--positive", type=int, default=5, help="positive prompt points per label (default 5)")
+    p.add_argument("--negative", type=int, default=4, help="negative prompt points per label (default 4)")
+    p.add_argument("--window", type=float, nargs=2, metavar=("LOW", "HIGH"), default=None,
+                   help="intensity window stored with the template (e.g. CT HU -160 240)")
+    p.add_argument("--slice", type=int, default=None, help="slice of a 3D NIfTI (default: middle)")
+    p.add_argument("--out", required=True, help="template JSON to write")
+
+    for name, help_text in (("localize", "find the template's landmarks in targets"),
+                            ("segment", "segment the template's structures in targets")):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("targets", nargs="+", metavar="TARGET", help="image files or folders of images")
+        p.add_argument("--template", required=True, help="template JSON (from `medshot template`)")
+        p.add_argument("--out", required=True, help="output folder")
+        _add_model_options(p, segmenter=name == "segment")
+        p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("demo", help="run end to end on a synthetic case the package makes (offline)")
+    p.add_argument("--out", default="medshot-demo", help="output folder (default: medshot-demo)")
+
+    sub.add_parser("backbones", help="list backbones and segmenters and whether each can run here")
+    return parser
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(COMMANDS[args.command](args) or 0)
+    except MedshotError as exc:
+        print(f"medshot: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("medshot: interrupted; no partial outputs were kept", file=sys.stderr)
+        return 130
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def cmd_template(args: argparse.Namespace) -> int:
+    from .template import Template
+
+    labels = None
+    if args.labels:
+        try:
+            labels = [int(v) for v in args.labels.split(",") if v.strip()]
+        except ValueError as exc:
+            raise MedshotError(f"--labels must be comma-separated integers, got '{args.labels}'") from exc
+    names = _read_label_names(args.label_names) if args.label_names else None
+    template = Template.build(args.image, args.mask, args.landmarks, labels=labels, label_names=names,
+                              n_positive=args.positive, n_negative=args.negative,
+                              window=tuple(args.window) if args.window else None, slice_index=args.slice)
+    out = Path(args.out)
+    _refuse_input_overwrite(out, [args.image, args.mask, args.landmarks])
+    template.save(out)
+    n_prompts = sum(len(p.positive) + len(p.negative) for p in template.prompts)
+    print(f"wrote {out}: {len(template.landmarks)} landmarks, {len(template.labels)} labels, "
+          f"{n_prompts} prompt points")
+    return 0
+
+
+def _read_label_names(path: str) -> dict[int, str]:
+    import csv
+
+    p = Path(path)
+    if not p.exists():
+        raise MedshotError("file not found", p)
+    try:
+        with open(p, newline="") as fh:
+            return {int(r["label"]): r["name"] for r in csv.DictReader(fh)}
+    except (KeyError, ValueError, TypeError) as exc:
+        raise MedshotError("label names CSV needs integer 'label' and a 'name' column", p) from exc
+
+
+def _refuse_input_overwrite(out: Path, inputs) -> None:
+    for i in inputs:
+        if i is not None and Path(i).exists() and Path(i).resolve() == out.resolve():
+            raise MedshotError("refusing to overwrite an input file; choose another --out", out)
+
+
+def _load_targets(paths: list[str]):
+    """Expand folders and read every target once up front, so a bad file fails before any output."""
+    from .io import list_images, load_image
+
+    files = list_images(paths)
+    return [load_image(f) for f in files]
+
+
+def _make_shot(args: argparse.Namespace, segmenter: str = "classical"):
+    from .pipeline import OneShot
+    from .template import Template
+
+    template = Template.load(args.template)
+    seg = segmenter
+    if getattr(args, "segmenter", None):
+        seg = args.segmenter
+        if getattr(args, "segmenter_weights", None):
+            from .segment import get_segmenter
+
+            seg = get_segmenter(args.segmenter, weights=args.segmenter_weights)
+    return OneShot(template, backbone=args.backbone, segmenter=seg, work_size=args.work_size,
+                   window=tuple(args.window) if args.window else None, backbone_options=backbone_options(args))
+
+
+def _progress(items, args, desc):
+    from tqdm import tqdm
+
+    return tqdm(items, desc=desc, unit="image", disable=getattr(args, "quiet", False) or len(items) < 2,
+                file=sys.stderr)
+
+
+def cmd_localize(args: argparse.Namespace) -> int:
+    from .io import OutputSet, write_csv
+
+    shot = _make_shot(args)
+    if not shot.template.landmarks:
+        raise MedshotError("template has no landmarks to localize", args.template)
+    targets = _load_targets(args.targets)
+    rows = []
+    for image in _progress(targets, args, "localize"):
+        result = shot.localize(image)
+        for lm in result.landmarks:
+            rows.append([str(image.path), lm.name, round(lm.x, 3), round(lm.y, 3), round(lm.confidence, 4)])
+    with OutputSet(args.out, protect=[t.path for t in targets]) as out:
+        write_csv(out.path_for("landmarks.csv"), ["target", "landmark", "x", "y", "confidence"], rows)
+    print(f"wrote {Path(args.out) / 'landmarks.csv'}: {len(rows)} landmarks in {len(targets)} targets")
+    return 0
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    from .io import OutputSet, mask_suffix, save_label_map, save_png, write_csv
+    from .viz import overlay
+
+    shot = _make_shot(args)
+    if not shot.template.prompts and shot.template.mask is None:
+        raise MedshotError("template has no mask or prompts to segment", args.template)
+    targets = _load_targets(args.targets)
+    stems = [t.stem for t in targets]
+    if len(set(stems)) != len(stems):
+        dup = sorted({s for s in stems if stems.count(s) > 1})
+        raise MedshotError(f"several targets share the file stem(s) {', '.join(dup)}; outputs would collide")
+    rows = []
+    with OutputSet(args.out, protect=[t.path for t in targets]) as out:
+        for image in _progress(targets, args, "segment"):
+            start = time.perf_counter()
+            result = shot.segment(image)
+            seconds = time.perf_counter() - start
+            save_label_map(out.path_for(image.stem + mask_suffix(image)), result.label_map, image)
+            from .io import normalize_intensity
+
+            pic = overlay(normalize_intensity(image.array, shot.window), result.label_map)
+            save_png(out.path_for(image.stem + "_overlay.png"), pic)
+            labels = sorted(set(result.scores) | set(shot.template.labels))
+            for label in labels:
+                area = int(np.sum(result.label_map == label))
+                rows.append([str(image.path), label, area, round(result.scores.get(label, 0.0), 4), round(seconds, 3)])
+        write_csv(out.path_for("results.csv"), ["target", "label", "area_px", "score", "seconds"], rows)
+    print(f"wrote {len(targets)} masks and overlays and {Path(args.out) / 'results.csv'}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(Path(args.out))
+
+
+def cmd_backbones(args: argparse.Namespace) -> int:
+    from .features import backbone_entries
+    from .segment import segmenter_names, segmenter_status
+
+    print(f"{'backbone':<22} {'family':<14} {'ready':<6} detail")
+    for e in backbone_entries():
+        ok, why = e.available()
+        print(f"{e.name:<22} {e.family:<14} {'yes' if ok else 'no':<6} {why}")
+    print()
+    print(f"{'segmenter':<22} {'ready':<6} detail")
+    for name in segmenter_names():
+        ok, why = segmenter_status(name)
+        print(f"{name:<22} {'yes' if ok else 'no':<6} {why}")
+    return 0
+
+
+COMMANDS = {
+    "template": cmd_template,
+    "localize": cmd_localize,
+    "segment": cmd_segment,
+    "demo": cmd_demo,
+    "backbones": cmd_backbones,
+}
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
