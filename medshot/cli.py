@@ -1,4 +1,4 @@
-"""Command line: ``medshot template | localize | segment | demo | backbones``.
+"""Command line: ``medshot template | localize | segment | demo | backbones | evaluate``.
 
 Every command checks all of its inputs before writing anything, writes each output atomically
 and, on a problem a user can fix, prints one line naming the file and exits with status 2.
@@ -35,6 +35,9 @@ def _add_model_options(p: argparse.ArgumentParser, segmenter: bool = False) -> N
     g.add_argument("--work-size", type=int, default=256, help="longest side of the matching grid (pixels)")
     g.add_argument("--window", type=float, nargs=2, metavar=("LOW", "HIGH"), default=None,
                    help="intensity window, e.g. CT HU -160 240 (default: robust percentiles per image)")
+    g.add_argument("--work-spacing", type=float, default=None, metavar="MM",
+                   help="volumes: working voxel size in mm (default: template field of view / 112, "
+                        "at least its finest spacing)")
 
 
 def backbone_options(args: argparse.Namespace) -> dict:
@@ -50,16 +53,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("template", help="make template.json from an image, a mask and/or landmarks")
-    p.add_argument("image", help="template image (PNG/JPEG/TIFF, NIfTI, DICOM)")
+    p.add_argument("image", help="template image (PNG/JPEG/TIFF, NIfTI, DICOM) or volume (3D NIfTI, DICOM series "
+                                 "folder)")
     p.add_argument("--mask", help="label map of the template (0 = background)")
-    p.add_argument("--landmarks", help="CSV with columns name,x,y (or landmark_id,x,y; optional image column)")
+    p.add_argument("--landmarks", help="CSV with columns name,x,y (or landmark_id,x,y; optional image column); "
+                                       "volumes: name,i,j,k (voxels) or name,x_mm,y_mm,z_mm (RAS mm)")
     p.add_argument("--labels", help="comma-separated labels of the mask to use (default: all)")
     p.add_argument("--label-names", help="CSV with columns label,name")
     p.add_argument("--positive", type=int, default=5, help="positive prompt points per label (default 5)")
     p.add_argument("--negative", type=int, default=4, help="negative prompt points per label (default 4)")
     p.add_argument("--window", type=float, nargs=2, metavar=("LOW", "HIGH"), default=None,
                    help="intensity window stored with the template (e.g. CT HU -160 240)")
-    p.add_argument("--slice", type=int, default=None, help="slice of a 3D NIfTI (default: middle)")
+    p.add_argument("--slice", type=int, default=None,
+                   help="use one slice of a 3D NIfTI as a 2D template (default: the whole volume)")
     p.add_argument("--out", required=True, help="template JSON to write")
 
     for name, help_text in (("localize", "find the template's landmarks in targets"),
@@ -75,6 +81,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="medshot-demo", help="output folder (default: medshot-demo)")
 
     sub.add_parser("backbones", help="list backbones and segmenters and whether each can run here")
+
+    p = sub.add_parser("evaluate", help="score methods and baselines on a labelled dataset (tables, plots, report)")
+    p.add_argument("--data", required=True,
+                   help="dataset folder (images/ + masks/ and/or landmarks.csv) or manifest .csv/.json")
+    p.add_argument("--out", required=True, help="report folder (cases.csv, summary.csv, report.html, PNGs)")
+    p.add_argument("--backbones", default="classical", help="comma-separated backbones, or 'all' (default: classical)")
+    p.add_argument("--segmenters", default="classical",
+                   help="comma-separated segmenters, or 'all' (default: classical)")
+    p.add_argument("--baselines", default="identity,affine,bspline",
+                   help="comma-separated atlas-registration baselines, or 'none' (default: identity,affine,bspline)")
+    p.add_argument("--templates", default="first", help="first | all (leave-one-out) | K (default: first)")
+    p.add_argument("--template-choice", choices=["spread", "first"], default="spread",
+                   help="how --templates K picks: spread evenly over the sorted cases, or the first K")
+    p.add_argument("--max-targets", type=int, default=None, help="at most N targets per template (quick runs)")
+    p.add_argument("--work-size", type=int, default=256, help="longest side of the matching grid (pixels)")
+    p.add_argument("--window", type=float, nargs=2, metavar=("LOW", "HIGH"), default=None,
+                   help="intensity window, e.g. CT HU -160 240 (default: robust percentiles per image)")
+    p.add_argument("--restart", action="store_true", help="discard an earlier run in --out instead of resuming it")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
 
@@ -101,6 +126,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_template(args: argparse.Namespace) -> int:
+    from .volume.cli3d import cmd_template_3d, template_input_is_volume
+
+    if template_input_is_volume(args):  # 3D NIfTI without --slice, or a DICOM series folder
+        return cmd_template_3d(args)
     from .template import Template
 
     labels = None
@@ -173,6 +202,10 @@ def _progress(items, args, desc):
 
 
 def cmd_localize(args: argparse.Namespace) -> int:
+    from .volume.cli3d import cmd_localize_3d, template_json_is_volume
+
+    if template_json_is_volume(args.template):
+        return cmd_localize_3d(args)
     from .io import OutputSet, write_csv
 
     shot = _make_shot(args)
@@ -191,6 +224,10 @@ def cmd_localize(args: argparse.Namespace) -> int:
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
+    from .volume.cli3d import cmd_segment_3d, template_json_is_volume
+
+    if template_json_is_volume(args.template):
+        return cmd_segment_3d(args)
     from .io import OutputSet, mask_suffix, save_label_map, save_png, write_csv
     from .viz import overlay
 
@@ -244,12 +281,19 @@ def cmd_backbones(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .experiment import run_from_args
+
+    return run_from_args(args)
+
+
 COMMANDS = {
     "template": cmd_template,
     "localize": cmd_localize,
     "segment": cmd_segment,
     "demo": cmd_demo,
     "backbones": cmd_backbones,
+    "evaluate": cmd_evaluate,
 }
 
 

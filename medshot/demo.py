@@ -28,16 +28,17 @@ def run_demo(out_dir: Path, n_targets: int = 3) -> int:
         save_png(data / "template_mask.png", source.mask)
         write_csv(data / "template_landmarks.csv", ["name", "x", "y"],
                   [[n, float(x), float(y)] for n, (x, y) in zip(LANDMARK_NAMES, source.landmarks_xy)])
+        (data / "targets").mkdir(exist_ok=True)
         for i, case in enumerate(cases, start=1):
-            save_png(data / f"target_{i}.png", (case.image * 255).astype(np.uint8))
+            save_png(data / "targets" / f"target_{i}.png", (case.image * 255).astype(np.uint8))
         template = Template.build(data / "template.png", data / "template_mask.png", data / "template_landmarks.csv",
                                   label_names={1: "organ A", 2: "organ B"})
         template.save(data / "template.json")
         shot = OneShot(template)
-        print("medshot demo: template + 3 synthetic targets (rotated, scaled, shifted, deformed); "
+        print(f"medshot demo: template + {n_targets} synthetic targets (rotated, scaled, shifted, deformed); "
               "weights-free backend")
         for i, case in enumerate(cases, start=1):
-            result = shot.run(data / f"target_{i}.png")
+            result = shot.run(data / "targets" / f"target_{i}.png")
             dice = dice_per_label(result.label_map, case.mask)
             ned = normalized_distance(result.landmarks_xy, case.landmarks_xy, case.image.shape)
             pic = overlay(case.image, result.label_map, result.landmarks_xy, truth_xy=case.landmarks_xy)
@@ -48,5 +49,6 @@ def run_demo(out_dir: Path, n_targets: int = 3) -> int:
                          round(result.seconds, 3)])
         write_csv(out.path_for("demo_results.csv"), ["target", "dice_1", "dice_2", "median_ned", "seconds"], rows)
     print(f"overlays and demo_results.csv in {out_dir}/ ; try the CLI on {data}/:")
-    print(f"  medshot segment --template {data}/template.json --out {out_dir}/seg {data}")
+    print(f"  medshot segment --template {data}/template.json --out {out_dir}/seg {data}/targets")
+    print(f"  medshot localize --template {data}/template.json --out {out_dir}/loc {data}/targets")
     return 0

@@ -86,14 +86,18 @@ class OneShot:
         Intensity window (e.g. CT HU) instead of robust percentiles; defaults to the template's.
     reduced_dims : int
         Feature dimensions kept (by PCA on the template) for dense alignment.
+    context : float
+        How much surrounding context the template region carries: margin around the annotations as a
+        fraction of their extent (at least half that fraction of the image side).
     """
 
     def __init__(self, template: Template, backbone: str | Backbone = "classical",
                  segmenter: str | Segmenter = "classical", work_size: int = 256,
                  align_options: AlignOptions | None = None, refine_landmarks: bool = True,
-                 window: tuple[float, float] | None = None, reduced_dims: int = 32,
-                 backbone_options: dict | None = None):
+                 window: tuple[float, float] | None = None, reduced_dims: int = 16,
+                 backbone_options: dict | None = None, context: float = 0.25):
         self.template = template
+        self.context = context
         self.backbone = get_backbone(backbone, **(backbone_options or {})) if isinstance(backbone, str) else backbone
         self._segmenter_spec = segmenter
         self._segmenter: Segmenter | None = None if isinstance(segmenter, str) else segmenter
@@ -127,16 +131,19 @@ class OneShot:
                                f"image but was given {given.shape}")
         if fmap.image_shape != (h, w):
             fmap = fmap.rescaled((h, w))
-        grid = fmap if fmap.grid_shape == (h, w) and fmap.stride_yx == (1.0, 1.0) else fmap.resampled((h, w))
-        data = grid.data
+        # Reduce on the backbone's own grid, then resample: a log-binned ViT map has thousands of channels,
+        # and bringing those to the working grid first would cost gigabytes.
         if fit_basis:
-            self._basis = self._fit_basis(data)
-        reduced = data if self._basis is None else np.tensordot(self._basis, data, axes=(1, 0))
-        return _Prepared(image, normalized, work, (h / H, w / W), fmap, l2_normalize(reduced, axis=0))
+            self._basis = self._fit_basis(fmap.data)
+        data = fmap.data if self._basis is None else np.tensordot(self._basis, fmap.data, axes=(1, 0))
+        reduced = FeatureMap(l2_normalize(data, axis=0), fmap.stride_yx, fmap.offset_yx, fmap.image_shape)
+        if not (reduced.grid_shape == (h, w) and reduced.stride_yx == (1.0, 1.0)):
+            reduced = reduced.resampled((h, w))
+        return _Prepared(image, normalized, work, (h / H, w / W), fmap, l2_normalize(reduced.data, axis=0))
 
     def _fit_basis(self, data: np.ndarray) -> np.ndarray | None:
         C = data.shape[0]
-        if C <= self.reduced_dims:
+        if C <= self.reduced_dims or self.reduced_dims <= 0:
             return None
         x = data.reshape(C, -1)
         step = max(1, x.shape[1] // 20000)
@@ -163,8 +170,8 @@ class OneShot:
             return roi
         x0, y0 = pts.min(0)
         x1, y1 = pts.max(0)
-        mx = max(0.25 * (x1 - x0), 0.12 * w)
-        my = max(0.25 * (y1 - y0), 0.12 * h)
+        mx = max(self.context * (x1 - x0), 0.5 * self.context * w)
+        my = max(self.context * (y1 - y0), 0.5 * self.context * h)
         roi[int(max(0, y0 - my)): int(min(h, y1 + my + 1)), int(max(0, x0 - mx)): int(min(w, x1 + mx + 1))] = True
         return roi
 
@@ -209,11 +216,19 @@ class OneShot:
             image = self.load(target)
             normalized = normalize_intensity(image.array, self.window)
             H, W = normalized.shape
-            f = self.work_size / max(H, W)
+            # Registration runs at the image's own resolution, capped at the working size: upsampling a
+            # small image would only slow the baseline down.
+            f = min(self.work_size, max(H, W)) / max(H, W)
             h, w = max(8, int(round(H * f))), max(8, int(round(W * f)))
             work = resize(normalized, (h, w), order=1, anti_aliasing=f < 1, preserve_range=True).astype(np.float32)
             prepared = _Prepared(image, normalized, work, (h / H, w / W), None, None)  # type: ignore[arg-type]
-            corr = register(self._template.work, work, baseline)
+            t_norm = self._template.normalized
+            Ht, Wt = t_norm.shape
+            ft = min(self.work_size, max(Ht, Wt)) / max(Ht, Wt)
+            t_work = resize(t_norm, (max(8, int(round(Ht * ft))), max(8, int(round(Wt * ft)))), order=1,
+                            anti_aliasing=ft < 1, preserve_range=True).astype(np.float32)
+            corr = register(t_work, work, baseline)
+            corr = _rescale_correspondence(corr, t_work.shape, self._template.work.shape)
         result = TargetResult(prepared.image, correspondence_score=corr.score)
         if landmarks and self.template.landmarks:
             result.landmarks = self._landmarks(prepared, corr, refine=self.refine_landmarks and baseline is None)
@@ -303,3 +318,13 @@ def _points_where(points_xy: np.ndarray, region: np.ndarray, inside: bool) -> np
     inb = (points_xy[:, 0] >= 0) & (points_xy[:, 0] <= W - 1) & (points_xy[:, 1] >= 0) & (points_xy[:, 1] <= H - 1)
     keep = inb & (region[iy, ix] == inside)
     return points_xy[keep]
+
+
+def _rescale_correspondence(corr: Correspondence, registered_shape: tuple[int, int],
+                            template_work_shape: tuple[int, int]) -> Correspondence:
+    """Express a correspondence computed on a differently-sized template grid in the template's working grid."""
+    fy = template_work_shape[0] / registered_shape[0]
+    fx = template_work_shape[1] / registered_shape[1]
+    backward = np.stack([(corr.backward_yx[0] + 0.5) * fy - 0.5, (corr.backward_yx[1] + 0.5) * fx - 0.5])
+    S = np.array([[fx, 0, 0.5 * fx - 0.5], [0, fy, 0.5 * fy - 0.5], [0, 0, 1.0]])
+    return Correspondence(backward, corr.affine @ np.linalg.inv(S), corr.score)

@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import fft as sfft
 from scipy import ndimage
 
 from ..features.base import l2_normalize
@@ -44,6 +45,7 @@ class AlignOptions:
     smoothing: float = 0.06  # Gaussian sigma of the displacement field, as a fraction of the side
     deformable: bool = True
     min_overlap: float = 0.6
+    candidates: int = 4  # global placements refined before choosing one
 
 
 @dataclass
@@ -142,13 +144,26 @@ def resize_features(data: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return l2_normalize(warp_channels(data, np.stack([yy, xx])), axis=0)
 
 
-def warp_channels(data: np.ndarray, coords_yx: np.ndarray, order: int = 1, cval: float | None = None) -> np.ndarray:
-    """Sample every channel of ``(C, h, w)`` at ``coords_yx`` ``(2, H, W)``."""
-    mode = "nearest" if cval is None else "constant"
-    return np.stack([
-        ndimage.map_coordinates(ch, coords_yx, order=order, mode=mode, cval=0.0 if cval is None else cval)
-        for ch in data
-    ]).astype(np.float32)
+def warp_channels(data: np.ndarray, coords_yx: np.ndarray) -> np.ndarray:
+    """Bilinear samples of every channel of ``(C, h, w)`` at ``coords_yx`` ``(2, H, W)`` (edges clamped).
+
+    One gather for all channels: several times faster than a ``map_coordinates`` call per channel.
+    """
+    C, h, w = data.shape
+    out_shape = coords_yx.shape[1:]
+    y = np.clip(coords_yx[0].ravel(), 0, h - 1)
+    x = np.clip(coords_yx[1].ravel(), 0, w - 1)
+    y0 = np.minimum(np.floor(y).astype(np.intp), max(h - 2, 0))
+    x0 = np.minimum(np.floor(x).astype(np.intp), max(w - 2, 0))
+    wy = (y - y0).astype(np.float32)
+    wx = (x - x0).astype(np.float32)
+    flat = data.reshape(C, -1)
+    i00 = y0 * w + x0
+    dy = w if h > 1 else 0
+    dx = 1 if w > 1 else 0
+    top = flat[:, i00] * (1 - wx) + flat[:, i00 + dx] * wx
+    bottom = flat[:, i00 + dy] * (1 - wx) + flat[:, i00 + dy + dx] * wx
+    return (top * (1 - wy) + bottom * wy).reshape((C,) + out_shape).astype(np.float32, copy=False)
 
 
 def _level_shape(shape: tuple[int, int], side: int) -> tuple[tuple[int, int], float]:
@@ -163,8 +178,12 @@ def _level_shape(shape: tuple[int, int], side: int) -> tuple[tuple[int, int], fl
 
 
 def global_search(template: np.ndarray, template_roi: np.ndarray, target: np.ndarray,
-                  options: AlignOptions) -> tuple[np.ndarray, float]:
-    """Best similarity transform (template -> target, (x, y) pixels of these maps) and its score."""
+                  options: AlignOptions, candidates: int = 1) -> list[tuple[float, np.ndarray]]:
+    """Best similarity transforms (template -> target, (x, y) pixels of these maps) with their scores.
+
+    Returns up to ``candidates`` distinct placements (their ROI centres apart by at least a quarter
+    of the ROI radius), best first; a finer level then decides between them.
+    """
     C, ht, wt = template.shape
     _, hs, ws = target.shape
     ys, xs = np.nonzero(template_roi)
@@ -180,9 +199,9 @@ def global_search(template: np.ndarray, template_roi: np.ndarray, target: np.nda
     # Pad so every placement of the canvas is a linear (not cyclic) shift.
     max_size = 2 * (int(np.ceil(radius * scales.max())) + 1) + 1
     fft_shape = (_fft_size(hs + max_size), _fft_size(ws + max_size))
-    F = np.fft.rfft2(target, s=fft_shape)
-    Fv = np.fft.rfft2(np.ones((hs, ws), np.float32), s=fft_shape)
-    best = (-np.inf, None)
+    F = sfft.rfft2(target.astype(np.float32), s=fft_shape)
+    Fv = sfft.rfft2(np.ones((hs, ws), np.float32), s=fft_shape)
+    found: list[tuple[float, np.ndarray]] = []
     for s in scales:
         R = int(np.ceil(radius * s)) + 1
         size = 2 * R + 1
@@ -194,25 +213,35 @@ def global_search(template: np.ndarray, template_roi: np.ndarray, target: np.nda
             src = apply_affine(Minv, np.stack([uu.ravel() - R, vv.ravel() - R], 1))
             coords = np.stack([src[:, 1].reshape(size, size), src[:, 0].reshape(size, size)])
             roi_w = ndimage.map_coordinates(template_roi.astype(np.float32), coords, order=1, mode="constant") > 0.5
-            feat_w = warp_channels(template, coords) * roi_w
             area = roi_w.sum()
             if area < 4:
                 continue
-            Tf = np.fft.rfft2(feat_w[:, ::-1, ::-1], s=fft_shape)
-            corr = np.fft.irfft2((Tf * F).sum(axis=0), s=fft_shape)
-            ov = np.fft.irfft2(np.fft.rfft2(roi_w[::-1, ::-1].astype(np.float32), s=fft_shape) * Fv, s=fft_shape)
+            feat_w = warp_channels(template, coords) * roi_w
+            Tf = sfft.rfft2(feat_w[:, ::-1, ::-1], s=fft_shape)
+            corr = sfft.irfft2((Tf * F).sum(axis=0), s=fft_shape)
+            ov = sfft.irfft2(sfft.rfft2(roi_w[::-1, ::-1].astype(np.float32), s=fft_shape) * Fv, s=fft_shape)
             # corr[k] pairs canvas (0,0) with target k - (size-1); keep placements whose overlap is large.
             valid = ov > options.min_overlap * area
             score = np.where(valid, corr / np.maximum(ov, 1.0), -np.inf)
-            k = np.unravel_index(np.argmax(score), score.shape)
-            if score[k] > best[0]:
-                ty, tx = k[0] - (size - 1), k[1] - (size - 1)
+            peaks = (score == ndimage.maximum_filter(score, size=max(3, R // 2))) & np.isfinite(score)
+            idx = np.flatnonzero(peaks)
+            for k in idx[np.argsort(score.ravel()[idx])[::-1][:candidates]]:
+                ky, kx = np.unravel_index(k, score.shape)
+                ty, tx = ky - (size - 1), kx - (size - 1)
                 # canvas origin sits at target (tx, ty); template centre at canvas (R, R)
                 T = np.array([[1, 0, tx + R], [0, 1, ty + R], [0, 0, 1.0]])
-                best = (float(score[k]), T @ M)
-    if best[1] is None:
-        return np.eye(3), 0.0
-    return best[1], best[0]
+                found.append((float(score[ky, kx]), T @ M))
+    if not found:
+        return [(0.0, np.eye(3))]
+    found.sort(key=lambda f: -f[0])
+    chosen: list[tuple[float, np.ndarray]] = []
+    for sc, M in found:
+        c = apply_affine(M, center)[0]
+        if all(np.hypot(*(c - apply_affine(N, center)[0])) > 0.25 * radius for _, N in chosen):
+            chosen.append((sc, M))
+        if len(chosen) == candidates:
+            break
+    return chosen
 
 
 def _fft_size(n: int) -> int:
@@ -232,7 +261,7 @@ def _fft_size(n: int) -> int:
 
 
 def block_match(warped: np.ndarray, target: np.ndarray, valid: np.ndarray, radius: int,
-                patch_sigma: float = 1.5) -> tuple[np.ndarray, np.ndarray]:
+                patch_size: int = 5) -> tuple[np.ndarray, np.ndarray]:
     """Per target pixel t, the shift d (|d| <= radius) maximising patch similarity of warped(t) and target(t+d).
 
     Returns ``d`` as ``(2, H, W)`` ``(dy, dx)`` and a confidence ``(H, W)`` (peak minus mean score,
@@ -245,12 +274,16 @@ def block_match(warped: np.ndarray, target: np.ndarray, valid: np.ndarray, radiu
     scores = np.empty((len(shifts), H, W), np.float32)
     for i, (dy, dx) in enumerate(shifts):
         sl = tp[:, pad + dy: pad + dy + H, pad + dx: pad + dx + W]
-        s = np.einsum("chw,chw->hw", warped, sl, optimize=True)
-        scores[i] = ndimage.gaussian_filter(s, patch_sigma, mode="nearest")
+        s = np.einsum("chw,chw->hw", warped, sl)
+        scores[i] = ndimage.uniform_filter(s, patch_size, mode="nearest")
     best = np.argmax(scores, axis=0)
     peak = np.take_along_axis(scores, best[None], 0)[0]
-    conf = np.maximum(peak - scores.mean(axis=0), 0.0) * valid
     sh = np.array(shifts, dtype=np.float64)
+    # Confidence = margin over the best shift at least 2 pixels away: along an edge the displacement is
+    # ambiguous (aperture problem) and the runner-up scores almost as high, so such matches get ~0 weight.
+    far = (np.abs(sh[:, 0, None, None] - sh[best, 0]) >= 2) | (np.abs(sh[:, 1, None, None] - sh[best, 1]) >= 2)
+    runner_up = np.where(far, scores, -np.inf).max(axis=0)
+    conf = np.maximum(peak - runner_up, 0.0) * valid
     d = np.stack([sh[best, 0], sh[best, 1]])
     # Sub-pixel: parabola through the neighbours along each axis.
     side = 2 * radius + 1
@@ -317,59 +350,70 @@ def align(template: np.ndarray, template_roi: np.ndarray, target: np.ndarray,
                               (tc_shape[0] / ht_wt[0], tc_shape[1] / ht_wt[1]), order=1) > 0.5
     if not roi_coarse.any():
         roi_coarse[:] = True
-    M_coarse, score = global_search(t_coarse, roi_coarse, s_coarse, options)
-    M = np.linalg.inv(scale_matrix(f_s)) @ M_coarse @ scale_matrix(f_t)
+    found = global_search(t_coarse, roi_coarse, s_coarse, options, options.candidates)
+    to_work = [np.linalg.inv(scale_matrix(f_s)) @ M_c @ scale_matrix(f_t) for _, M_c in found]
 
-    # 2. affine refinement at a medium level, 3. deformation at the fine level
-    levels = [(options.affine_side, options.affine_iterations, False)]
-    if options.deformable:
-        levels.append((options.deform_side, options.deform_iterations, True))
-    backward = None
-    for side, iterations, deform in levels:
-        t_shape, _ = _level_shape(ht_wt, side)
-        s_shape, _ = _level_shape(hs_ws, side)
-        ft, fs = t_shape[0] / ht_wt[0], s_shape[0] / hs_ws[0]
-        t_l = resize_features(template, t_shape) if t_shape != ht_wt else template
-        s_l = resize_features(target, s_shape) if s_shape != hs_ws else target
-        roi_l = ndimage.zoom(template_roi.astype(np.float32),
-                             (t_shape[0] / ht_wt[0], t_shape[1] / ht_wt[1]), order=1) > 0.5
-        S_t, S_s = scale_matrix(ft), scale_matrix(fs)
-        M_l = S_s @ M @ np.linalg.inv(S_t)
-        if deform:
-            coords = _affine_coords(np.linalg.inv(M_l), s_shape)
-            sigma = options.smoothing * max(s_shape)
-            for _ in range(iterations):
-                warped = warp_channels(t_l, coords)
-                valid = _inside(coords, roi_l)
-                d, conf = block_match(warped, s_l, valid, options.block_radius)
-                wsum = ndimage.gaussian_filter(conf, sigma) + 1e-6
-                d_s = np.stack([ndimage.gaussian_filter(conf * d[k], sigma) / wsum for k in range(2)])
-                yy, xx = np.mgrid[0:s_shape[0], 0:s_shape[1]].astype(np.float64)
-                # Composition: new backward(t) = old backward(t - d(t)).
-                pull = np.stack([yy - d_s[0], xx - d_s[1]])
-                coords = np.stack([ndimage.map_coordinates(c, pull, order=1, mode="nearest") for c in coords])
-            warped = warp_channels(t_l, coords)
-            valid = _inside(coords, roi_l)
-            score = float((warped * s_l).sum(0)[valid].mean()) if valid.any() else score
-            # Back to working-grid pixel units on both sides.
-            backward = _rescale_field(coords, ft, hs_ws, s_shape)
-        else:
-            for _ in range(iterations):
-                coords = _affine_coords(np.linalg.inv(M_l), s_shape)
-                warped = warp_channels(t_l, coords)
-                valid = _inside(coords, roi_l)
-                d, conf = block_match(warped, s_l, valid, options.block_radius + 1)
-                sel = conf > 0
-                if sel.sum() < 12:
-                    break
-                ty, tx = np.nonzero(sel)
-                src = np.stack([coords[1][sel], coords[0][sel]], 1)  # template (x, y)
-                dst = np.stack([tx + d[1][sel], ty + d[0][sel]], 1)  # target (x, y)
-                M_l = fit_affine(src, dst, conf[sel])
-            M = np.linalg.inv(S_s) @ M_l @ S_t
-    if backward is None:
-        backward = _affine_coords(np.linalg.inv(M), hs_ws)
+    # 2. affine refinement of each candidate at a medium level; the best-matching one wins
+    refined = [_refine_affine(M, template, template_roi, target, options) for M in to_work]
+    M, score = max(refined, key=lambda r: r[1])
+
+    # 3. deformation at the fine level
+    if not options.deformable:
+        return Correspondence(_affine_coords(np.linalg.inv(M), hs_ws), M, score)
+    t_l, s_l, roi_l, S_t, S_s, t_shape, s_shape = _level(template, template_roi, target, options.deform_side)
+    M_l = S_s @ M @ np.linalg.inv(S_t)
+    coords = _affine_coords(np.linalg.inv(M_l), s_shape)
+    sigma = options.smoothing * max(s_shape)
+    yy, xx = np.mgrid[0:s_shape[0], 0:s_shape[1]].astype(np.float64)
+    for _ in range(options.deform_iterations):
+        warped = warp_channels(t_l, coords)
+        valid = _inside(coords, roi_l)
+        d, conf = block_match(warped, s_l, valid, options.block_radius)
+        wsum = ndimage.gaussian_filter(conf, sigma) + 1e-6
+        d_s = np.stack([ndimage.gaussian_filter(conf * d[k], sigma) / wsum for k in range(2)])
+        # Composition: new backward(t) = old backward(t - d(t)).
+        pull = np.stack([yy - d_s[0], xx - d_s[1]])
+        coords = np.stack([ndimage.map_coordinates(c, pull, order=1, mode="nearest") for c in coords])
+    warped = warp_channels(t_l, coords)
+    valid = _inside(coords, roi_l)
+    if valid.any():
+        score = float((warped * s_l).sum(0)[valid].mean())
+    backward = _rescale_field(coords, S_t[0, 0], hs_ws, s_shape)
     return Correspondence(backward, M, score)
+
+
+def _level(template, template_roi, target, side):
+    """Template/target features and ROI resampled so their longest side is ``side``, with the scalings."""
+    ht_wt, hs_ws = template.shape[1:], target.shape[1:]
+    t_shape, _ = _level_shape(ht_wt, side)
+    s_shape, _ = _level_shape(hs_ws, side)
+    ft, fs = t_shape[0] / ht_wt[0], s_shape[0] / hs_ws[0]
+    t_l = resize_features(template, t_shape) if t_shape != ht_wt else template
+    s_l = resize_features(target, s_shape) if s_shape != hs_ws else target
+    roi_l = ndimage.zoom(template_roi.astype(np.float32), (ft, t_shape[1] / ht_wt[1]), order=1) > 0.5
+    return t_l, s_l, roi_l, scale_matrix(ft), scale_matrix(fs), t_shape, s_shape
+
+
+def _refine_affine(M: np.ndarray, template, template_roi, target, options: AlignOptions) -> tuple[np.ndarray, float]:
+    """IRLS affine fits to block matches at the affine level; returns the affine and its mean similarity."""
+    t_l, s_l, roi_l, S_t, S_s, _, s_shape = _level(template, template_roi, target, options.affine_side)
+    M_l = S_s @ M @ np.linalg.inv(S_t)
+    for _ in range(options.affine_iterations):
+        coords = _affine_coords(np.linalg.inv(M_l), s_shape)
+        warped = warp_channels(t_l, coords)
+        valid = _inside(coords, roi_l)
+        d, conf = block_match(warped, s_l, valid, options.block_radius + 1)
+        sel = conf > 0
+        if sel.sum() < 12:
+            break
+        ty, tx = np.nonzero(sel)
+        src = np.stack([coords[1][sel], coords[0][sel]], 1)  # template (x, y)
+        dst = np.stack([tx + d[1][sel], ty + d[0][sel]], 1)  # target (x, y)
+        M_l = fit_affine(src, dst, conf[sel])
+    coords = _affine_coords(np.linalg.inv(M_l), s_shape)
+    valid = _inside(coords, roi_l)
+    score = float((warp_channels(t_l, coords) * s_l).sum(0)[valid].mean()) if valid.any() else -1.0
+    return np.linalg.inv(S_s) @ M_l @ S_t, score
 
 
 def _rescale_field(coords_level: np.ndarray, ft: float, full_shape: tuple[int, int],

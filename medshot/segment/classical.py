@@ -31,17 +31,20 @@ class ClassicalSegmenter:
         Random-walker edge sensitivity.
     max_side : int
         Regions of interest larger than this (pixels) are solved at reduced resolution.
+    min_agreement : float
+        Dice between the walker's mask and the coarse mask below which the coarse mask is kept.
     """
 
     name = "classical"
 
     def __init__(self, band: float = 0.25, min_band_px: float = 2.0, beta: float = 90.0, max_side: int = 160,
-                 point_radius: float = 1.5):
+                 point_radius: float = 1.5, min_agreement: float = 0.6):
         self.band = band
         self.min_band_px = min_band_px
         self.beta = beta
         self.max_side = max_side
         self.point_radius = point_radius
+        self.min_agreement = min_agreement
 
     def segment(self, image: np.ndarray, prompts: list[Prompt]) -> list[Segmentation]:
         image = np.asarray(image, dtype=np.float32)
@@ -91,14 +94,16 @@ class ClassicalSegmenter:
 
         if coarse is not None:
             c = resize(coarse[roi].astype(np.float32), (sh, sw), order=1, preserve_range=True) > 0.5
-            area = max(c.sum(), 1)
-            band = max(self.min_band_px * max(fx, fy), self.band * np.sqrt(area / np.pi))
             dist_in = ndimage.distance_transform_edt(c)
             dist_out = ndimage.distance_transform_edt(~c)
-            seeds[dist_out > band] = 2
+            # The undecided band grows with the structure's size but never beyond its thickness (largest
+            # inscribed radius): around a thin structure (a cord) a wide band lets the walker leak.
+            thickness = dist_in.max()
+            band = max(self.min_band_px * max(fx, fy), min(self.band * np.sqrt(c.sum() / np.pi), thickness))
             core = dist_in > band
-            if not core.any() and c.any():
-                core = dist_in >= dist_in.max()
+            if not core.any():
+                core = dist_in >= thickness  # the medial ridge: still an interior seed
+            seeds[dist_out > band] = 2
             seeds[core] = 1
         # Image border of the region is background unless the region touches the image border.
         border = np.zeros((sh, sw), bool)
@@ -138,6 +143,13 @@ class ClassicalSegmenter:
         mask_roi = full_prob > 0.5
         mask_roi = _keep_seeded_components(mask_roi, pos - [rx0, ry0], coarse[roi] if coarse is not None else None)
         mask_roi = ndimage.binary_fill_holes(mask_roi)
+        if coarse is not None:
+            agreement = 2 * np.sum(mask_roi & coarse[roi]) / max(1, mask_roi.sum() + coarse[roi].sum())
+            if agreement < self.min_agreement:
+                # The walker drifted far from the carried shape (typically a leak along a weak edge): the
+                # carried mask is the safer answer.
+                mask_roi = coarse[roi].copy()
+                full_prob = np.where(mask_roi, 0.75, 0.25)
         mask = np.zeros((H, W), bool)
         mask[roi] = mask_roi
         prob_full = np.zeros((H, W), np.float32)

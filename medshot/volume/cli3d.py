@@ -1,0 +1,233 @@
+"""The volume paths of ``medshot template | localize | segment``.
+
+:mod:`medshot.cli` hands a command over to this module when its input is a volume (a 3D NIfTI
+without ``--slice``, or a DICOM series folder) or its template JSON describes one. The behaviour
+matches the 2D commands: every input is checked before anything is written, outputs are written
+atomically, and a problem a user can fix is one line naming the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import MedshotError
+from .io3d import dicom_files, is_dicom_series_dir, nifti_is_volume, volume_stem
+
+PLANES = ("axial", "coronal", "sagittal")
+
+
+def template_input_is_volume(args: argparse.Namespace) -> bool:
+    """``medshot template``: a 3D NIfTI without ``--slice`` or a DICOM series folder."""
+    from .io3d import is_volume_path
+
+    return is_volume_path(args.image, getattr(args, "slice", None))
+
+
+def template_json_is_volume(path: str | Path) -> bool:
+    from .template3d import is_volume_template
+
+    return is_volume_template(path)
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def cmd_template_3d(args: argparse.Namespace) -> int:
+    from ..cli import _read_label_names, _refuse_input_overwrite
+    from .template3d import VolumeTemplate
+
+    labels = None
+    if args.labels:
+        try:
+            labels = [int(v) for v in args.labels.split(",") if v.strip()]
+        except ValueError as exc:
+            raise MedshotError(f"--labels must be comma-separated integers, got '{args.labels}'") from exc
+    names = _read_label_names(args.label_names) if args.label_names else None
+    template = VolumeTemplate.build(args.image, args.mask, args.landmarks, labels=labels, label_names=names,
+                                    window=tuple(args.window) if args.window else None)
+    out = Path(args.out)
+    _refuse_input_overwrite(out, [args.image, args.mask, args.landmarks])
+    template.save(out)
+    vol = template.image
+    print(f"wrote {out}: volume {'x'.join(map(str, vol.source_shape))} @ "
+          f"{'x'.join(f'{s:.3g}' for s in vol.spacing)} mm, {len(template.landmarks)} landmarks, "
+          f"{len(template.labels)} labels")
+    return 0
+
+
+def list_volume_targets(paths: list[str]) -> list[Path]:
+    """Expand targets into volume paths, checking each cheaply (headers only) before any work.
+
+    A target is a 3D NIfTI file, a DICOM series folder, or a folder holding 3D NIfTI files and/or
+    DICOM series sub-folders.
+    """
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if not p.exists():
+            raise MedshotError("file not found", p)
+        if p.is_dir():
+            if is_dicom_series_dir(p):
+                out.append(p)
+                continue
+            found = [q for q in sorted(p.iterdir()) if (q.is_file() and _is_nifti(q)) or
+                     (q.is_dir() and is_dicom_series_dir(q))]
+            if not found:
+                hint = " (a single DICOM file is not a series)" if dicom_files(p) else ""
+                raise MedshotError(f"folder holds no volume (3D .nii/.nii.gz or DICOM series folder){hint}", p)
+            out.extend(found)
+        else:
+            out.append(p)
+    for p in out:
+        if p.is_file() and not (_is_nifti(p) and nifti_is_volume(p)):
+            raise MedshotError("template is a volume but this target is not a 3D NIfTI or DICOM series folder", p)
+    return out
+
+
+def _is_nifti(p: Path) -> bool:
+    return p.name.lower().endswith((".nii", ".nii.gz"))
+
+
+def _make_volume_shot(args: argparse.Namespace):
+    from ..cli import backbone_options
+    from .pipeline3d import VolumeShot
+    from .template3d import VolumeTemplate
+
+    template = VolumeTemplate.load(args.template)
+    refine = "randomwalker"
+    segmenter = getattr(args, "segmenter", None)
+    if segmenter not in (None, "classical", "none"):
+        raise MedshotError(f"segmenter '{segmenter}' works on 2D images only; volumes use 'classical' "
+                           f"(carried label map + 3D random walker) or 'none' (carried label map)")
+    if segmenter == "none":
+        refine = "none"
+    return VolumeShot(template, backbone=args.backbone, refine=refine,
+                      work_spacing=getattr(args, "work_spacing", None),
+                      window=tuple(args.window) if args.window else None, backbone_options=backbone_options(args))
+
+
+def _progress(items, args, desc):
+    from tqdm import tqdm
+
+    return tqdm(items, desc=desc, unit="volume", disable=getattr(args, "quiet", False) or len(items) < 2,
+                file=sys.stderr)
+
+
+def _unique_stems(targets: list[Path]) -> None:
+    stems = [volume_stem(t) for t in targets]
+    if len(set(stems)) != len(stems):
+        dup = sorted({s for s in stems if stems.count(s) > 1})
+        raise MedshotError(f"several targets share the name(s) {', '.join(dup)}; outputs would collide")
+
+
+def cmd_localize_3d(args: argparse.Namespace) -> int:
+    from ..io import OutputSet, write_csv
+
+    shot = _make_volume_shot(args)
+    if not shot.template.landmarks:
+        raise MedshotError("template has no landmarks to localize", args.template)
+    targets = list_volume_targets(args.targets)
+    rows = []
+    with OutputSet(args.out, protect=targets) as out:
+        for path in _progress(targets, args, "localize"):
+            result = shot.localize(path)
+            for lm in result.landmarks:
+                rows.append([str(path), lm.name, *[round(float(v), 3) for v in lm.ijk],
+                             *[round(float(v), 3) for v in lm.xyz], round(lm.confidence, 4)])
+        write_csv(out.path_for("landmarks.csv"),
+                  ["target", "landmark", "i", "j", "k", "x_mm", "y_mm", "z_mm", "confidence"], rows)
+    print(f"wrote {Path(args.out) / 'landmarks.csv'}: {len(rows)} landmarks in {len(targets)} volumes")
+    return 0
+
+
+def cmd_segment_3d(args: argparse.Namespace) -> int:
+    from ..io import OutputSet, save_png, write_csv
+    from .io3d import save_label_volume
+
+    shot = _make_volume_shot(args)
+    if shot.template.mask is None:
+        raise MedshotError("template has no label map to segment", args.template)
+    targets = list_volume_targets(args.targets)
+    _unique_stems(targets)
+    rows = []
+    with OutputSet(args.out, protect=targets) as out:
+        for path in _progress(targets, args, "segment"):
+            start = time.perf_counter()
+            result = shot.segment(path)
+            seconds = time.perf_counter() - start
+            vol = result.volume
+            stem = volume_stem(path)
+            save_label_volume(out.path_for(stem + "_mask.nii.gz"), result.label_map, vol)
+            labels = sorted(shot.template.labels) or sorted(int(v) for v in np.unique(result.label_map) if v)
+            for label in labels:
+                pic = structure_overlay(vol.array, result.label_map, label, vol.spacing, result.window)
+                if pic is not None:
+                    save_png(out.path_for(f"{stem}_label{label}_overlay.png"), pic)
+                n = int(np.sum(result.label_map == label))
+                rows.append([str(path), label, n, round(n * vol.voxel_ml, 4),
+                             round(result.scores.get(label, 0.0), 4), round(seconds, 3)])
+        write_csv(out.path_for("results.csv"),
+                  ["target", "label", "volume_voxels", "volume_ml", "score", "seconds"], rows)
+    print(f"wrote {len(targets)} label maps, overlays and {Path(args.out) / 'results.csv'}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------
+# Pictures
+# ------------------------------------------------------------------------------------------------
+
+
+def plane(volume: np.ndarray, axis: int, index: int) -> np.ndarray:
+    """A canonical (RAS) slice in the usual radiological view.
+
+    axial (axis 2): anterior up, patient right on the image left; coronal (axis 1): superior up,
+    patient right on the left; sagittal (axis 0): superior up, anterior on the left.
+    """
+    sl = np.take(volume, index, axis=axis)
+    return sl.T[::-1, ::-1]
+
+
+def structure_overlay(image: np.ndarray, labels: np.ndarray, label: int, spacing: np.ndarray,
+                      window: tuple[float, float] | None, min_side: int = 256) -> np.ndarray | None:
+    """Three orthogonal planes through a structure's centroid, side by side (RGB uint8); None if absent.
+
+    Every panel is resampled to square pixels of one size so the three share one physical scale.
+    """
+    from skimage.transform import resize
+
+    from ..viz import overlay
+    from .pipeline3d import apply_window, normalize_window
+
+    idx = np.argwhere(labels == label)
+    if len(idx) == 0:
+        return None
+    center = np.round(idx.mean(0)).astype(int)
+    win = window if window is not None else normalize_window(image, None)
+    spacing = np.asarray(spacing, float)
+    pixel = float(spacing.min())
+    panels = []
+    extents = []
+    for axis in (2, 1, 0):  # axial, coronal, sagittal
+        rest = [a for a in range(3) if a != axis]
+        # plane() transposes: rows follow the second remaining axis, columns the first.
+        extents.append((labels.shape[rest[1]] * spacing[rest[1]], labels.shape[rest[0]] * spacing[rest[0]]))
+    biggest = max(max(e) for e in extents) / pixel
+    zoom = max(1.0, min_side / biggest)
+    for axis, (h_mm, w_mm) in zip((2, 1, 0), extents):
+        img = apply_window(plane(image, axis, center[axis]), win)
+        lab = plane(labels, axis, center[axis])
+        shape = (max(2, int(round(h_mm / pixel * zoom))), max(2, int(round(w_mm / pixel * zoom))))
+        img = resize(img, shape, order=1, preserve_range=True, anti_aliasing=False)
+        lab = resize(lab, shape, order=0, preserve_range=True, anti_aliasing=False).astype(labels.dtype)
+        panels.append(overlay(img, lab, max_side=None))
+    height = max(p.shape[0] for p in panels)
+    gap = np.zeros((height, 4, 3), np.uint8)
+    row = []
+    for p in panels:
+        pad = np.zeros((height - p.shape[0], p.shape[1], 3), np.uint8)
+        row += [np.vstack([p, pad]), gap]
+    return np.hstack(row[:-1])

@@ -1,0 +1,491 @@
+"""One template volume -> landmarks and label maps in any number of target volumes.
+
+The method, step by step:
+
+1. **Common working grid.** Template and target are reoriented to canonical RAS+ on loading and
+   resampled to one shared, near-isotropic voxel size (default: the template's field of view over
+   ``max_work_side`` voxels, never finer than its finest native spacing). Different slice counts,
+   spacings and fields of view therefore meet on equal terms: slice k of the template is never
+   assumed to be slice k of the target.
+2. **Descriptors**, once per volume on the working grid: weights-free 3D jets + MIND
+   (:func:`~medshot.volume.features3d.classical_features_3d`), or any 2D backbone run once per
+   axial slice and projected to a small PCA basis while streaming.
+3. **Correspondence** (:func:`~medshot.volume.align3d.align`): FFT search over translations, scales
+   and small rotations, affine by 3D block matching, then a smooth deformation on a crop around
+   where the template's annotated region lands.
+4. **Landmarks** are carried through the correspondence, then optionally re-matched locally in 3D
+   by descriptor similarity (with a mutual-nearest-neighbour check for the confidence).
+5. **Label maps**: the template's label map is pulled through the backward map onto the target's
+   own voxels (only inside the crop; at most ``max_refine_voxels`` at a time, so a large CT never
+   needs full-resolution fields), optionally refined by a multi-label 3D random walker in a band
+   around the carried boundaries, and cleaned per label (largest connected component, holes filled).
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from ..errors import MedshotError
+from ..features import Backbone, get_backbone
+from ..features.base import l2_normalize
+from .align3d import AlignOptions3D, Correspondence3D, align, resample, separable_interp
+from .features3d import classical_features_3d, fit_basis, project, slice_features
+from .io3d import Volume, from_array, load_volume
+from .template3d import VolumeTemplate
+
+REFINERS = ("randomwalker", "none")
+
+
+@dataclass
+class LandmarkResult3D:
+    """A landmark found in a target: source voxel indices, world mm and a confidence in [0, 1]."""
+
+    name: str
+    ijk: np.ndarray
+    xyz: np.ndarray
+    confidence: float
+    mutual: bool = True
+
+
+@dataclass
+class VolumeResult:
+    """What medshot found in one target volume.
+
+    ``label_map`` is in the target's canonical orientation (``volume.shape``); write it with
+    :func:`~medshot.volume.io3d.save_label_volume` to get the target's own geometry back.
+    """
+
+    volume: Volume
+    landmarks: list[LandmarkResult3D] = field(default_factory=list)
+    label_map: np.ndarray | None = None
+    scores: dict[int, float] = field(default_factory=dict)
+    seconds: float = 0.0
+    correspondence_score: float = 0.0
+    window: tuple[float, float] | None = None  # raw intensities shown as [0, 1]
+
+    @property
+    def landmarks_ijk(self) -> np.ndarray:
+        return np.array([lm.ijk for lm in self.landmarks], float).reshape(-1, 3)
+
+    @property
+    def landmarks_xyz(self) -> np.ndarray:
+        return np.array([lm.xyz for lm in self.landmarks], float).reshape(-1, 3)
+
+
+@dataclass
+class Prepared3D:
+    """A volume on a working grid with its descriptors."""
+
+    volume: Volume
+    factor: np.ndarray  # working voxels per canonical voxel, per axis
+    work: np.ndarray  # (X, Y, Z) in [0, 1]
+    features: np.ndarray | None  # (C, X, Y, Z) unit descriptors
+    window: tuple[float, float]  # raw intensities mapped to [0, 1]
+
+    @property
+    def spacing(self) -> np.ndarray:
+        """Working voxel size (mm) per axis."""
+        return self.volume.spacing / self.factor
+
+    def to_work(self, canonical: np.ndarray) -> np.ndarray:
+        return (np.asarray(canonical, float) + 0.5) * self.factor - 0.5
+
+    def to_canonical(self, work: np.ndarray) -> np.ndarray:
+        return (np.asarray(work, float) + 0.5) / self.factor - 0.5
+
+
+def working_shape(volume: Volume, spacing: float) -> tuple[int, int, int]:
+    extent = np.array(volume.shape) * volume.spacing
+    return tuple(max(4, int(round(e / spacing))) for e in extent)  # type: ignore[return-value]
+
+
+def normalize_window(array: np.ndarray, window: tuple[float, float] | None,
+                     percentiles=(0.5, 99.5)) -> tuple[float, float]:
+    """Intensity range mapped to [0, 1]: the window, or robust percentiles of (a sample of) the array."""
+    if window is not None:
+        return float(window[0]), float(window[1])
+    flat = array.reshape(-1)
+    step = max(1, flat.size // 2_000_000)
+    lo, hi = np.percentile(flat[::step], percentiles)
+    if hi - lo < 1e-6:
+        lo, hi = float(flat.min()), float(flat.max())
+    return float(lo), float(hi)
+
+
+def apply_window(array: np.ndarray, window: tuple[float, float]) -> np.ndarray:
+    lo, hi = window
+    if hi - lo < 1e-6:
+        return np.zeros(array.shape, np.float32)
+    return np.clip((np.asarray(array, np.float32) - lo) / (hi - lo), 0.0, 1.0)
+
+
+class VolumeShot:
+    """Find a template volume's landmarks and structures in new volumes.
+
+    Parameters
+    ----------
+    template : VolumeTemplate
+    backbone : str or Backbone
+        ``"classical"`` (default) = weights-free 3D descriptors; any other registered name or a
+        2D :class:`~medshot.features.Backbone` object runs per axial slice.
+    refine : {"randomwalker", "none"}
+        Label-map refinement after carrying the template's labels.
+    work_spacing : float, optional
+        Working voxel size in mm (default: template field of view / ``max_work_side``, at least
+        its finest native spacing).
+    max_work_side : int
+        Longest side of the template's working grid when ``work_spacing`` is automatic.
+    max_work_voxels : int
+        A target whose working grid would exceed this is matched at a coarser common spacing (the
+        template is re-prepared at that spacing), bounding memory.
+    window : (low, high), optional
+        Intensity window (e.g. CT HU); default the template's, else robust percentiles per volume.
+    refine_landmarks : bool
+        Re-match each landmark's descriptor in a small 3D window after the dense correspondence.
+    max_refine_voxels : int
+        Cap on the grid the label map is carried and refined on at once (memory bound).
+    """
+
+    def __init__(self, template: VolumeTemplate, backbone: str | Backbone = "classical",
+                 refine: str = "randomwalker", work_spacing: float | None = None, max_work_side: int = 112,
+                 max_work_voxels: int = 160**3, window: tuple[float, float] | None = None,
+                 align_options: AlignOptions3D | None = None, refine_landmarks: bool = False,
+                 reduced_dims: int = 24, slice_side: int = 224, max_refine_voxels: int = 96**3,
+                 backbone_options: dict | None = None, rw_beta: float = 130.0, band: float = 0.3):
+        if refine not in REFINERS:
+            raise MedshotError(f"unknown refinement '{refine}' for volumes; known: {', '.join(REFINERS)}")
+        self.template = template
+        if isinstance(backbone, str) and backbone == "classical":
+            self.backbone: Backbone | None = None
+        elif isinstance(backbone, str):
+            self.backbone = get_backbone(backbone, **(backbone_options or {}))
+        else:
+            self.backbone = backbone
+        self.refine = refine
+        self.max_work_voxels = int(max_work_voxels)
+        self.window = window if window is not None else template.window
+        self.align_options = align_options or AlignOptions3D()
+        self.refine_landmarks = refine_landmarks
+        self.reduced_dims = reduced_dims
+        self.slice_side = slice_side
+        self.max_refine_voxels = int(max_refine_voxels)
+        self.rw_beta = rw_beta
+        self.band = band
+        vol = template.image
+        if work_spacing is None:
+            extent = float((np.array(vol.shape) * vol.spacing).max())
+            work_spacing = max(float(vol.spacing.min()), extent / max_work_side)
+        self.work_spacing = float(work_spacing)
+        self._basis: np.ndarray | None = None
+        self._templates: dict[float, tuple[Prepared3D, np.ndarray]] = {}
+        self._template_at(self.work_spacing)
+
+    @property
+    def backbone_name(self) -> str:
+        return "classical" if self.backbone is None else str(getattr(self.backbone, "name", "backbone"))
+
+    # -- preparation ----------------------------------------------------------------------------
+
+    def prepare(self, volume: Volume, spacing: float, fit: bool = False) -> Prepared3D:
+        """Resample a volume to the working grid of ``spacing`` mm and describe it."""
+        shape = working_shape(volume, spacing)
+        work_raw = resample(volume.array, shape)
+        window = normalize_window(work_raw, self.window)
+        work = apply_window(work_raw, window)
+        del work_raw
+        factor = np.array(shape, float) / np.array(volume.shape, float)
+        if self.backbone is None:
+            data = classical_features_3d(work)
+            if fit:
+                self._basis = fit_basis(data, self.reduced_dims)
+            feats = project(data, self._basis)
+            del data
+        else:
+            feats, basis = slice_features(work, self.backbone, self.reduced_dims,
+                                          basis=None if fit else self._basis, slice_side=self.slice_side)
+            if fit:
+                self._basis = basis
+        return Prepared3D(volume, factor, work, feats, window)
+
+    def _template_at(self, spacing: float) -> tuple[Prepared3D, np.ndarray]:
+        key = round(spacing, 4)
+        if key not in self._templates:
+            prepared = self.prepare(self.template.image, spacing, fit=self._basis is None and not self._templates)
+            self._templates[key] = (prepared, self._roi(prepared))
+        return self._templates[key]
+
+    def _roi(self, t: Prepared3D) -> np.ndarray:
+        """Working-grid region of the template whose correspondence matters: annotations plus context."""
+        shape = t.work.shape
+        pts = [t.to_work(self.template.landmarks_canonical)]
+        mask = self.template.mask
+        if mask is not None:
+            labels = list(self.template.labels) or [v for v in np.unique(mask) if v]
+            sel = np.isin(mask, labels)
+            idx = np.argwhere(sel)
+            if len(idx):
+                pts.append(t.to_work(np.stack([idx.min(0), idx.max(0)])))
+        pts = np.vstack(pts)
+        roi = np.zeros(shape, bool)
+        if len(pts) == 0:
+            roi[:] = True
+            return roi
+        lo, hi = pts.min(0), pts.max(0)
+        m = np.maximum(0.25 * (hi - lo), 0.12 * np.array(shape))
+        a = np.clip(np.floor(lo - m), 0, np.array(shape) - 1).astype(int)
+        b = np.clip(np.ceil(hi + m) + 1, a + 1, np.array(shape)).astype(int)
+        roi[a[0]:b[0], a[1]:b[1], a[2]:b[2]] = True
+        return roi
+
+    def spacing_for(self, volume: Volume) -> float:
+        """Common working spacing for a target: the template's, coarsened if the target would be too large."""
+        n = float(np.prod(working_shape(volume, self.work_spacing)))
+        if n <= self.max_work_voxels:
+            return self.work_spacing
+        return self.work_spacing * (n / self.max_work_voxels) ** (1 / 3)
+
+    # -- per target -----------------------------------------------------------------------------
+
+    def load(self, target: str | Path | Volume | np.ndarray) -> Volume:
+        if isinstance(target, Volume):
+            return target
+        if isinstance(target, np.ndarray):
+            return from_array(target)
+        return load_volume(target)
+
+    def correspond(self, target: str | Path | Volume, baseline: str | None = None
+                   ) -> tuple[Prepared3D, Prepared3D, Correspondence3D]:
+        """Template preparation, target preparation and their correspondence (medshot's or a baseline's)."""
+        vol = self.load(target)
+        spacing = self.spacing_for(vol)
+        tmpl, roi = self._template_at(spacing)
+        if baseline is None:
+            prep = self.prepare(vol, spacing)
+            corr = align(tmpl.features, roi, prep.features, self.align_options)
+        else:
+            from .baselines3d import register3d
+
+            shape = working_shape(vol, spacing)
+            work_raw = resample(vol.array, shape)
+            window = normalize_window(work_raw, self.window)
+            prep = Prepared3D(vol, np.array(shape, float) / np.array(vol.shape), apply_window(work_raw, window),
+                              None, window)
+            corr = register3d(tmpl.work, prep.work, tmpl.spacing, prep.spacing, baseline)
+        return tmpl, prep, corr
+
+    def localize(self, target) -> VolumeResult:
+        return self.run(target, landmarks=True, masks=False)
+
+    def segment(self, target) -> VolumeResult:
+        return self.run(target, landmarks=False, masks=True)
+
+    def run(self, target, landmarks: bool = True, masks: bool = True, baseline: str | None = None) -> VolumeResult:
+        """Landmarks and/or label map for one target volume.
+
+        With ``baseline`` (``"affine"`` or ``"bspline"``) the correspondence comes from SimpleITK
+        registration of the same working volumes instead, and the template's annotations are carried
+        through it unchanged (no landmark re-matching, no refinement).
+        """
+        start = time.perf_counter()
+        tmpl, prep, corr = self.correspond(target, baseline)
+        result = VolumeResult(prep.volume, correspondence_score=corr.score, window=prep.window)
+        if landmarks and self.template.landmarks:
+            result.landmarks = self._landmarks(tmpl, prep, corr, refine=self.refine_landmarks and baseline is None)
+        if masks and self.template.mask is not None:
+            refine = self.refine if baseline is None else "none"
+            result.label_map, result.scores = self._masks(tmpl, prep, corr, refine)
+        result.seconds = time.perf_counter() - start
+        return result
+
+    # -- landmarks ------------------------------------------------------------------------------
+
+    def _landmarks(self, t: Prepared3D, s: Prepared3D, corr: Correspondence3D, refine: bool) -> list[LandmarkResult3D]:
+        tw = t.to_work(self.template.landmarks_canonical)
+        initial = corr.forward(tw)
+        if refine and t.features is not None and s.features is not None:
+            xyz, conf, mutual = match_points_3d(t.features, s.features, tw, initial, radius=3.0, prior_sigma=2.0)
+        else:
+            xyz, mutual = initial, np.ones(len(initial), bool)
+            if t.features is not None and s.features is not None:
+                a = _sample(t.features, tw)
+                b = _sample(s.features, initial)
+                conf = np.clip((a * b).sum(1), 0, 1)
+            else:
+                conf = np.full(len(initial), max(0.0, corr.score))
+        canonical = s.to_canonical(xyz)
+        ijk = s.volume.canonical_to_source(canonical)
+        world = s.volume.source_to_world(ijk)
+        return [LandmarkResult3D(lm.name, p, w, float(c), bool(mu))
+                for lm, p, w, c, mu in zip(self.template.landmarks, ijk, world, conf, mutual)]
+
+    # -- label maps -----------------------------------------------------------------------------
+
+    def _masks(self, t: Prepared3D, s: Prepared3D, corr: Correspondence3D,
+               refine: str) -> tuple[np.ndarray, dict[int, float]]:
+        mask = self.template.mask
+        assert mask is not None
+        labels = sorted(self.template.labels) or [int(v) for v in np.unique(mask) if v]
+        vol = s.volume
+        out = np.zeros(vol.shape, np.uint8)
+        # Target canonical voxels that the correspondence's box covers (labels land nowhere else).
+        w_lo = np.array([b.start for b in corr.box], float) - 0.5
+        w_hi = np.array([b.stop for b in corr.box], float) - 0.5
+        c_lo = np.clip(np.floor(s.to_canonical(w_lo)).astype(int), 0, np.array(vol.shape) - 1)
+        c_hi = np.clip(np.ceil(s.to_canonical(w_hi)).astype(int) + 1, c_lo + 1, np.array(vol.shape))
+        crop = np.array(c_hi - c_lo)
+        r = min(1.0, (self.max_refine_voxels / float(np.prod(crop))) ** (1 / 3))
+        g_shape = tuple(max(2, int(round(n * r))) for n in crop)
+        g_factor = np.array(g_shape, float) / crop
+        axes = [c_lo[a] + (np.arange(g_shape[a]) + 0.5) / g_factor[a] - 0.5 for a in range(3)]
+        grid = np.stack(np.meshgrid(*axes, indexing="ij"))  # target canonical coordinates
+        tw = corr.backward_grid(s.to_work(grid.reshape(3, -1).T).T.reshape(grid.shape))
+        tc = t.to_canonical(tw.reshape(3, -1).T).T.reshape(grid.shape)
+        del tw
+        probs = np.stack([_carry_label(mask, lab, tc) for lab in labels])
+        scores = self._scores(t, s, tc, grid, probs, labels)
+        del tc
+        if refine == "randomwalker" and probs.max() > 0.5:
+            image = apply_window(ndimage.map_coordinates(vol.array, grid, order=1, mode="nearest"), s.window)
+            probs = self._random_walker(image, probs, vol.spacing / g_factor)
+        del grid
+        # Per-label probabilities back to the target's own voxels inside the crop.
+        if g_shape != tuple(crop):
+            up_axes = [(np.arange(n) + 0.5) * f - 0.5 for n, f in zip(crop, g_factor)]
+            probs = np.stack([separable_interp(p, up_axes, 1) for p in probs])
+        lab_crop = np.zeros(tuple(crop), np.uint8)
+        best = probs.argmax(0)
+        fg = probs.max(0) > 0.5
+        for i, lab in enumerate(labels):
+            region = fg & (best == i)
+            region = _clean(region)
+            lab_crop[region & (lab_crop == 0)] = lab
+        out[c_lo[0]:c_hi[0], c_lo[1]:c_hi[1], c_lo[2]:c_hi[2]] = lab_crop
+        return out, scores
+
+    def _scores(self, t: Prepared3D, s: Prepared3D, tc: np.ndarray, grid: np.ndarray, probs: np.ndarray,
+                labels: list[int]) -> dict[int, float]:
+        """Per label: mean cosine similarity of template and target descriptors over the carried region."""
+        if t.features is None or s.features is None:
+            return {lab: 0.0 for lab in labels}
+        scores = {}
+        for i, lab in enumerate(labels):
+            sel = probs[i] > 0.5
+            if not sel.any():
+                scores[lab] = 0.0
+                continue
+            idx = np.flatnonzero(sel)
+            idx = idx[:: max(1, len(idx) // 4000)]
+            a = _sample(t.features, t.to_work(tc.reshape(3, -1)[:, idx].T))
+            b = _sample(s.features, s.to_work(grid.reshape(3, -1)[:, idx].T))
+            scores[lab] = float(np.clip((a * b).sum(1).mean(), 0, 1))
+        return scores
+
+    def _random_walker(self, image: np.ndarray, probs: np.ndarray, spacing: np.ndarray) -> np.ndarray:
+        """Multi-label random walker in a band around the carried boundaries; returns label probabilities."""
+        from skimage.segmentation import random_walker
+
+        n = len(probs)
+        fg = probs.max(0) > 0.5
+        best = probs.argmax(0)
+        seeds = np.zeros(image.shape, np.int32)
+        unit = float(spacing.min())
+        sampling = spacing / unit
+        outside = ndimage.distance_transform_edt(~fg, sampling=sampling)
+        total = max(int(fg.sum()), 1)
+        band_bg = max(1.5, self.band * (3 * total / (4 * np.pi)) ** (1 / 3))
+        seeds[outside > band_bg] = n + 1
+        for i in range(n):
+            region = fg & (best == i)
+            if not region.any():
+                continue
+            radius = (3 * region.sum() / (4 * np.pi)) ** (1 / 3)
+            inside = ndimage.distance_transform_edt(region, sampling=sampling)
+            core = inside > max(1.0, self.band * radius)
+            if not core.any():
+                core = inside >= inside.max()
+            seeds[core] = i + 1
+        if not (seeds > 0).any() or (seeds == 0).sum() == 0:
+            return probs
+        present = np.unique(seeds[seeds > 0])
+        data = ndimage.gaussian_filter(image.astype(np.float64), 0.5)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            rw = random_walker(data, seeds, beta=self.rw_beta, mode="cg_j", tol=1e-3, spacing=sampling,
+                               return_full_prob=True)
+        rw = np.nan_to_num(rw, nan=0.0)
+        out = np.zeros_like(probs)
+        for k, lab in enumerate(present):
+            if lab <= n:
+                out[lab - 1] = rw[k]
+        return out
+
+
+def _carry_label(mask: np.ndarray, label: int, coords: np.ndarray) -> np.ndarray:
+    """Linear interpolation of one label's indicator at template canonical ``coords`` ``(3, ...)``.
+
+    Only the label's bounding box (plus one voxel) is converted to float, so a large template's
+    label map is never copied whole.
+    """
+    idx = np.argwhere(mask == label)
+    if len(idx) == 0:
+        return np.zeros(coords.shape[1:], np.float32)
+    lo = np.maximum(idx.min(0) - 1, 0)
+    hi = np.minimum(idx.max(0) + 2, mask.shape)
+    sub = (mask[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] == label).astype(np.float32)
+    shifted = coords - lo.reshape((3,) + (1,) * (coords.ndim - 1))
+    return ndimage.map_coordinates(sub, shifted, order=1, mode="constant", cval=0.0)
+
+
+def _clean(region: np.ndarray) -> np.ndarray:
+    """Largest connected component, holes filled (a structure is one piece)."""
+    if not region.any():
+        return region
+    lab, n = ndimage.label(region)
+    if n > 1:
+        sizes = np.bincount(lab.ravel())
+        sizes[0] = 0
+        region = lab == int(np.argmax(sizes))
+    return ndimage.binary_fill_holes(region)
+
+
+def _sample(features: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Trilinear descriptors ``(N, C)`` at working-grid points ``(N, 3)``, unit length."""
+    p = np.asarray(points, float).reshape(-1, 3).T
+    return l2_normalize(np.stack([ndimage.map_coordinates(ch, p, order=1, mode="nearest") for ch in features], 1),
+                        axis=1)
+
+
+def match_points_3d(template: np.ndarray, target: np.ndarray, template_pts: np.ndarray, initial: np.ndarray,
+                    radius: float = 3.0, prior_sigma: float = 2.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Re-match points by descriptor similarity in a window around ``initial`` (working voxels).
+
+    Returns matched points ``(N, 3)``, confidence in [0, 1] (peak distinctness, halved when the
+    match is not mutual) and the mutual flags.
+    """
+    n = len(template_pts)
+    out = np.array(initial, float).reshape(-1, 3).copy()
+    conf = np.zeros(n)
+    mutual = np.ones(n, bool)
+    q = _sample(template, template_pts)
+    R = int(np.ceil(radius))
+    offs = np.stack(np.meshgrid(*[np.arange(-R, R + 1)] * 3, indexing="ij"), -1).reshape(-1, 3).astype(float)
+    offs = offs[np.linalg.norm(offs, axis=1) <= radius]
+    for i in range(n):
+        cand = out[i] + offs
+        sims = _sample(target, cand) @ q[i]
+        weighted = (sims + 1) / 2 * np.exp(-np.sum(offs**2, 1) / (2 * prior_sigma**2))
+        b = int(np.argmax(weighted))
+        out[i] = cand[b]
+        background = float(np.median(sims))
+        conf[i] = np.clip((sims[b] - background) / max(1e-6, 1 - background), 0, 1)
+        # Mutual check: the target descriptor's best match near the template point should be that point.
+        back = _sample(template, template_pts[i] + offs) @ _sample(target, cand[b][None])[0]
+        mutual[i] = np.linalg.norm(offs[int(np.argmax(back))]) <= 1.5
+    conf = np.where(mutual, conf, 0.5 * conf)
+    return out, conf, mutual

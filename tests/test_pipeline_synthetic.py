@@ -1,0 +1,72 @@
+"""End to end on warped phantoms with exactly known truth (affine + smooth deformation)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import medshot
+from medshot.evaluate import dice_per_label, normalized_distance
+from medshot.synthetic import random_warp
+
+
+@pytest.fixture(scope="module")
+def shot(tmp_path_factory, phantom):
+    from medshot.io import save_png
+
+    d = tmp_path_factory.mktemp("tmpl")
+    save_png(d / "t.png", (phantom.image * 255).astype(np.uint8))
+    save_png(d / "m.png", phantom.mask)
+    (d / "l.csv").write_text("name,x,y\n" + "".join(f"p{i},{x},{y}\n" for i, (x, y) in enumerate(phantom.landmarks_xy)))
+    template = medshot.Template.build(d / "t.png", d / "m.png", d / "l.csv")
+    return medshot.OneShot(template)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+def test_warped_phantom_landmarks_and_masks(shot, phantom, seed):
+    # Rotation up to 15 deg, scale 0.77-1.3, shift up to 12 % of the side, smooth deformation 2 %.
+    target, _ = random_warp(phantom, seed=seed)
+    result = shot.run(target.image)
+    ned = normalized_distance(result.landmarks_xy, target.landmarks_xy, target.image.shape)
+    assert ned.max() < 0.02, ned
+    dice = dice_per_label(result.label_map, target.mask)
+    assert min(dice.values()) >= 0.9, dice
+    assert result.label_map.shape == target.image.shape
+    assert all(0.0 <= lm.confidence <= 1.0 for lm in result.landmarks)
+
+
+def test_structure_elsewhere_in_a_larger_field_of_view(shot, phantom):
+    # The target is a bigger canvas with the anatomy shifted off-centre and scaled up by ~30 %.
+    target, _ = random_warp(phantom, seed=11, out_shape=(260, 300), scale_range=(1.25, 1.3), max_shift=0.15,
+                            max_rotation=15)
+    result = shot.run(target.image)
+    ned = normalized_distance(result.landmarks_xy, target.landmarks_xy, target.image.shape)
+    assert ned.max() < 0.02, ned
+    assert min(dice_per_label(result.label_map, target.mask).values()) >= 0.9
+
+
+def test_identical_image_is_found_in_place(shot, phantom):
+    result = shot.run(phantom.image)
+    ned = normalized_distance(result.landmarks_xy, phantom.landmarks_xy, phantom.image.shape)
+    assert ned.max() < 0.005
+    assert min(dice_per_label(result.label_map, phantom.mask).values()) > 0.95
+
+
+def test_template_features_are_computed_once(phantom, monkeypatch):
+    calls = []
+    backbone = medshot.get_backbone("classical")
+
+    class Counting:
+        name = "counting"
+
+        def __call__(self, image):
+            calls.append(image.shape)
+            return backbone(image)
+
+    template = medshot.Template(image_path=None)  # type: ignore[arg-type]
+    template._image = medshot.Image2D(phantom.image)
+    template.landmarks = [medshot.Landmark("a", *phantom.landmarks_xy[0])]
+    shot = medshot.OneShot(template, backbone=Counting())
+    for seed in (1, 2):
+        shot.localize(random_warp(phantom, seed=seed)[0].image)
+    assert len(calls) == 3  # template once + one per target
