@@ -98,6 +98,9 @@ class OneShot:
                  backbone_options: dict | None = None, context: float = 0.25):
         self.template = template
         self.context = context
+        self.search_radius = 0.05  # landmark re-matching window, fraction of the diagonal
+        self.prior_sigma = 0.025  # width of the Gaussian prior around the carried position, likewise
+        self.patch_radius = 4.0  # working pixels: landmarks are re-matched as small patches of descriptors
         self.backbone = get_backbone(backbone, **(backbone_options or {})) if isinstance(backbone, str) else backbone
         self._segmenter_spec = segmenter
         self._segmenter: Segmenter | None = None if isinstance(segmenter, str) else segmenter
@@ -248,7 +251,8 @@ class OneShot:
         diag = float(np.hypot(h, w))
         if refine:
             m = match_points(t.features, prepared.features, template_xy, initial_xy=initial,
-                             radius=0.05 * diag, prior_sigma=0.025 * diag)
+                             radius=self.search_radius * diag, prior_sigma=self.prior_sigma * diag,
+                             patch_radius=self.patch_radius)
             xy, conf, mutual = m.xy, m.confidence, m.mutual
         else:
             xy, conf, mutual = initial, np.full(len(initial), max(0.0, corr.score)), np.ones(len(initial), bool)

@@ -49,6 +49,9 @@ def make_phantom(shape: tuple[int, int] = (192, 224), seed: int = 0) -> Case:
     img[spine] = 0.95
     lms = np.array([[W * 0.5, H * 0.16], [W * 0.33, H * 0.30], [W * 0.67, H * 0.28], [W * 0.5, H * 0.72]])
     for x, y in lms:
+        # A bright dot in a dark halo: a landmark is a point one can actually tell apart from its
+        # surroundings (a plain dot on the bright ring would be ambiguous along the ring).
+        img[_ellipse(shape, x, y, max(3.0, W * 0.03), max(3.0, H * 0.03))] = 0.05
         img[_ellipse(shape, x, y, max(1.5, W * 0.012), max(1.5, H * 0.012))] = 1.0
     texture = ndimage.gaussian_filter(rng.normal(size=shape), max(1.0, min(H, W) / 60))
     texture /= np.abs(texture).max() + 1e-9

@@ -38,11 +38,12 @@ class AlignOptions:
     scale_steps: int = 8
     coarse_side: int = 64
     affine_side: int = 128
+    affine_radius: int = 4
     affine_iterations: int = 3
-    deform_side: int = 256
-    deform_iterations: int = 3
-    block_radius: int = 3
-    smoothing: float = 0.06  # Gaussian sigma of the displacement field, as a fraction of the side
+    deform_sides: tuple[int, ...] = (256,)
+    deform_iterations: int = 5
+    block_radius: int = 4
+    smoothing: float = 0.04  # Gaussian sigma of the displacement field, as a fraction of the side
     deformable: bool = True
     min_overlap: float = 0.6
     candidates: int = 4  # global placements refined before choosing one
@@ -357,28 +358,31 @@ def align(template: np.ndarray, template_roi: np.ndarray, target: np.ndarray,
     refined = [_refine_affine(M, template, template_roi, target, options) for M in to_work]
     M, score = max(refined, key=lambda r: r[1])
 
-    # 3. deformation at the fine level
+    # 3. deformation, coarse to fine: each level's block matching corrects what the previous left
     if not options.deformable:
         return Correspondence(_affine_coords(np.linalg.inv(M), hs_ws), M, score)
-    t_l, s_l, roi_l, S_t, S_s, t_shape, s_shape = _level(template, template_roi, target, options.deform_side)
-    M_l = S_s @ M @ np.linalg.inv(S_t)
-    coords = _affine_coords(np.linalg.inv(M_l), s_shape)
-    sigma = options.smoothing * max(s_shape)
-    yy, xx = np.mgrid[0:s_shape[0], 0:s_shape[1]].astype(np.float64)
-    for _ in range(options.deform_iterations):
+    backward = _affine_coords(np.linalg.inv(M), hs_ws)  # target work grid -> template work (y, x)
+    for side in options.deform_sides:
+        t_l, s_l, roi_l, S_t, S_s, t_shape, s_shape = _level(template, template_roi, target, side)
+        ft = S_t[0, 0]
+        # The field on this level's target grid, in this level's template pixels.
+        coords = (_resample_field(backward, s_shape) + 0.5) * ft - 0.5
+        sigma = options.smoothing * max(s_shape)
+        yy, xx = np.mgrid[0:s_shape[0], 0:s_shape[1]].astype(np.float64)
+        for _ in range(options.deform_iterations):
+            warped = warp_channels(t_l, coords)
+            valid = _inside(coords, roi_l)
+            d, conf = block_match(warped, s_l, valid, options.block_radius)
+            wsum = ndimage.gaussian_filter(conf, sigma) + 1e-6
+            d_s = np.stack([ndimage.gaussian_filter(conf * d[k], sigma) / wsum for k in range(2)])
+            # Composition: new backward(t) = old backward(t - d(t)).
+            pull = np.stack([yy - d_s[0], xx - d_s[1]])
+            coords = np.stack([ndimage.map_coordinates(c, pull, order=1, mode="nearest") for c in coords])
         warped = warp_channels(t_l, coords)
         valid = _inside(coords, roi_l)
-        d, conf = block_match(warped, s_l, valid, options.block_radius)
-        wsum = ndimage.gaussian_filter(conf, sigma) + 1e-6
-        d_s = np.stack([ndimage.gaussian_filter(conf * d[k], sigma) / wsum for k in range(2)])
-        # Composition: new backward(t) = old backward(t - d(t)).
-        pull = np.stack([yy - d_s[0], xx - d_s[1]])
-        coords = np.stack([ndimage.map_coordinates(c, pull, order=1, mode="nearest") for c in coords])
-    warped = warp_channels(t_l, coords)
-    valid = _inside(coords, roi_l)
-    if valid.any():
-        score = float((warped * s_l).sum(0)[valid].mean())
-    backward = _rescale_field(coords, S_t[0, 0], hs_ws, s_shape)
+        if valid.any():
+            score = float((warped * s_l).sum(0)[valid].mean())
+        backward = _resample_field((coords + 0.5) / ft - 0.5, hs_ws)
     return Correspondence(backward, M, score)
 
 
@@ -402,7 +406,7 @@ def _refine_affine(M: np.ndarray, template, template_roi, target, options: Align
         coords = _affine_coords(np.linalg.inv(M_l), s_shape)
         warped = warp_channels(t_l, coords)
         valid = _inside(coords, roi_l)
-        d, conf = block_match(warped, s_l, valid, options.block_radius + 1)
+        d, conf = block_match(warped, s_l, valid, options.affine_radius)
         sel = conf > 0
         if sel.sum() < 12:
             break
@@ -416,12 +420,12 @@ def _refine_affine(M: np.ndarray, template, template_roi, target, options: Align
     return np.linalg.inv(S_s) @ M_l @ S_t, score
 
 
-def _rescale_field(coords_level: np.ndarray, ft: float, full_shape: tuple[int, int],
-                   level_shape: tuple[int, int]) -> np.ndarray:
-    """A backward field on a level grid -> the same field on the full working grid, in full template units."""
-    to_template = (coords_level + 0.5) / ft - 0.5
-    fy, fx = level_shape[0] / full_shape[0], level_shape[1] / full_shape[1]
-    ys = (np.arange(full_shape[0]) + 0.5) * fy - 0.5
-    xs = (np.arange(full_shape[1]) + 0.5) * fx - 0.5
+def _resample_field(field_yx: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A ``(2, h, w)`` field (values unchanged) bilinearly resampled onto a grid of ``shape``."""
+    h, w = field_yx.shape[1:]
+    if (h, w) == tuple(shape):
+        return field_yx
+    ys = np.clip((np.arange(shape[0]) + 0.5) * h / shape[0] - 0.5, 0, h - 1)
+    xs = np.clip((np.arange(shape[1]) + 0.5) * w / shape[1] - 0.5, 0, w - 1)
     yy, xx = np.meshgrid(ys, xs, indexing="ij")
-    return np.stack([ndimage.map_coordinates(c, np.stack([yy, xx]), order=1, mode="nearest") for c in to_template])
+    return np.stack([ndimage.map_coordinates(c, np.stack([yy, xx]), order=1, mode="nearest") for c in field_yx])

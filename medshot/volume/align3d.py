@@ -43,6 +43,7 @@ class AlignOptions3D:
     smoothing: float = 2.0  # Gaussian sigma of the displacement field, voxels of the deformation level
     deformable: bool = True
     min_overlap: float = 0.6
+    overlap_power: float = 0.5  # mean similarity x (overlap fraction)^power: partial overlaps must earn it
     roi_margin: float = 0.25  # fraction of the region's size added around it
 
 
@@ -259,7 +260,11 @@ def global_search(template: np.ndarray, roi: np.ndarray, target: np.ndarray,
         Tf = sfft.rfftn(feat[:, ::-1, ::-1, ::-1], s=fft_shape, axes=(1, 2, 3))
         corr = sfft.irfftn((Tf * F).sum(0), s=fft_shape)
         ov = sfft.irfftn(sfft.rfftn(roi_w[::-1, ::-1, ::-1].astype(np.float32), s=fft_shape) * Fv, s=fft_shape)
-        score = np.where(ov > options.min_overlap * area, corr / np.maximum(ov, 1.0), -np.inf)
+        # The mean over the overlap alone favours placements that push the region's hard parts out of
+        # the target's field of view; weighting by the overlap fraction counts what is missing.
+        frac = np.clip(ov / area, 1e-6, 1.0)
+        score = np.where(frac > options.min_overlap, corr / np.maximum(ov, 1.0) * frac**options.overlap_power,
+                         -np.inf)
         k = np.unravel_index(int(np.argmax(score)), score.shape)
         if score[k] > best[0]:
             origin = np.array(k, float) - (size - 1)
@@ -347,11 +352,12 @@ def roi_box(roi: np.ndarray, margin: float, min_margin: float = 2.0) -> tuple[np
 
 
 def align(template: np.ndarray, template_roi: np.ndarray, target: np.ndarray,
-          options: AlignOptions3D | None = None) -> Correspondence3D:
+          options: AlignOptions3D | None = None, initial: np.ndarray | None = None) -> Correspondence3D:
     """Correspondence from template descriptors ``(C, tx, ty, tz)`` to target descriptors ``(C, sx, sy, sz)``.
 
     Both are unit descriptors on working grids with the same voxel size; ``template_roi`` marks
-    the region whose match matters (annotations and some context).
+    the region whose match matters (annotations and some context). ``initial`` (template ->
+    target voxels, 4x4) replaces the global search, e.g. when a coarser stage has already run.
     """
     options = options or AlignOptions3D()
     tshape = template.shape[1:]
@@ -359,17 +365,20 @@ def align(template: np.ndarray, template_roi: np.ndarray, target: np.ndarray,
     if not template_roi.any():
         template_roi = np.ones(tshape, bool)
 
-    # 1. global similarity search at the coarse level (same factor on both sides: same voxel size)
-    fc = level_factor(tshape, options.coarse_side)
-    k = min(options.coarse_channels, template.shape[0])
-    tc = resample(template[:k], level_shape(tshape, fc), normalize=True)
-    sc = resample(target[:k], level_shape(sshape, fc), normalize=True)
-    roi_c = resample(template_roi.astype(np.float32), tc.shape[1:]) > 0.5
-    if not roi_c.any():
-        roi_c[tuple(np.array(roi_c.shape) // 2)] = True
-    St_c, Ss_c = scale_matrix(np.array(tc.shape[1:]) / tshape), scale_matrix(np.array(sc.shape[1:]) / sshape)
-    M_c, score = global_search(tc, roi_c, sc, options)
-    M = np.linalg.inv(Ss_c) @ M_c @ St_c
+    if initial is None:
+        # 1. global similarity search at the coarse level (same factor on both sides: same voxel size)
+        fc = level_factor(tshape, options.coarse_side)
+        k = min(options.coarse_channels, template.shape[0])
+        tc = resample(template[:k], level_shape(tshape, fc), normalize=True)
+        sc = resample(target[:k], level_shape(sshape, fc), normalize=True)
+        roi_c = resample(template_roi.astype(np.float32), tc.shape[1:]) > 0.5
+        if not roi_c.any():
+            roi_c[tuple(np.array(roi_c.shape) // 2)] = True
+        St_c, Ss_c = scale_matrix(np.array(tc.shape[1:]) / tshape), scale_matrix(np.array(sc.shape[1:]) / sshape)
+        M_c, score = global_search(tc, roi_c, sc, options)
+        M = np.linalg.inv(Ss_c) @ M_c @ St_c
+    else:
+        M, score = np.asarray(initial, float), 0.0
 
     # 2. affine refinement by block matching at the medium level
     fa = level_factor(tshape, options.affine_side)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -80,13 +80,19 @@ class VolumeResult:
 
 @dataclass
 class Prepared3D:
-    """A volume on a working grid with its descriptors."""
+    """A volume (or a box of it) on a working grid, with its descriptors.
+
+    Working voxel ``w`` and canonical voxel ``c`` are related by ``w = (c - lo + 0.5) f - 0.5``
+    with ``f`` = ``factor`` (working voxels per canonical voxel) and ``lo`` the box's first
+    canonical voxel.
+    """
 
     volume: Volume
-    factor: np.ndarray  # working voxels per canonical voxel, per axis
+    factor: np.ndarray
     work: np.ndarray  # (X, Y, Z) in [0, 1]
     features: np.ndarray | None  # (C, X, Y, Z) unit descriptors
     window: tuple[float, float]  # raw intensities mapped to [0, 1]
+    lo: np.ndarray = field(default_factory=lambda: np.zeros(3, int))
 
     @property
     def spacing(self) -> np.ndarray:
@@ -94,15 +100,21 @@ class Prepared3D:
         return self.volume.spacing / self.factor
 
     def to_work(self, canonical: np.ndarray) -> np.ndarray:
-        return (np.asarray(canonical, float) + 0.5) * self.factor - 0.5
+        return (np.asarray(canonical, float) - self.lo + 0.5) * self.factor - 0.5
 
     def to_canonical(self, work: np.ndarray) -> np.ndarray:
-        return (np.asarray(work, float) + 0.5) / self.factor - 0.5
+        return (np.asarray(work, float) + 0.5) / self.factor - 0.5 + self.lo
+
+    def to_canonical_matrix(self) -> np.ndarray:
+        """4x4 working voxel -> canonical voxel."""
+        M = np.eye(4)
+        M[:3, :3] = np.diag(1.0 / self.factor)
+        M[:3, 3] = 0.5 / self.factor - 0.5 + self.lo
+        return M
 
 
-def working_shape(volume: Volume, spacing: float) -> tuple[int, int, int]:
-    extent = np.array(volume.shape) * volume.spacing
-    return tuple(max(4, int(round(e / spacing))) for e in extent)  # type: ignore[return-value]
+def working_shape(extent_mm: np.ndarray, spacing: float) -> tuple[int, int, int]:
+    return tuple(max(4, int(round(e / spacing))) for e in extent_mm)  # type: ignore[return-value]
 
 
 def normalize_window(array: np.ndarray, window: tuple[float, float] | None,
@@ -128,21 +140,29 @@ def apply_window(array: np.ndarray, window: tuple[float, float]) -> np.ndarray:
 class VolumeShot:
     """Find a template volume's landmarks and structures in new volumes.
 
+    Matching runs in one or two stages. Stage 1 (coarse) sees both whole volumes at
+    ``coarse spacing`` = template field of view / ``max_work_side`` and finds the global placement
+    and an affine. When the annotated region is much smaller than the field of view, stage 2 (fine)
+    repeats affine + deformation on boxes around the region only, at ``fine spacing`` = the box's
+    size over ``fine_voxels`` (never finer than the template's finest native spacing). Otherwise
+    one stage at the fine spacing does everything.
+
     Parameters
     ----------
     template : VolumeTemplate
     backbone : str or Backbone
         ``"classical"`` (default) = weights-free 3D descriptors; any other registered name or a
         2D :class:`~medshot.features.Backbone` object runs per axial slice.
-    refine : {"randomwalker", "none"}
+    refine : {"none", "randomwalker"}
         Label-map refinement after carrying the template's labels.
     work_spacing : float, optional
-        Working voxel size in mm (default: template field of view / ``max_work_side``, at least
-        its finest native spacing).
+        Fine working voxel size in mm (default automatic, see above).
     max_work_side : int
-        Longest side of the template's working grid when ``work_spacing`` is automatic.
+        Longest side of the template's coarse grid.
+    fine_voxels : int
+        Voxel budget of the fine stage's template box.
     max_work_voxels : int
-        A target whose working grid would exceed this is matched at a coarser common spacing (the
+        A target whose coarse grid would exceed this is matched at a coarser common spacing (the
         template is re-prepared at that spacing), bounding memory.
     window : (low, high), optional
         Intensity window (e.g. CT HU); default the template's, else robust percentiles per volume.
@@ -153,11 +173,12 @@ class VolumeShot:
     """
 
     def __init__(self, template: VolumeTemplate, backbone: str | Backbone = "classical",
-                 refine: str = "randomwalker", work_spacing: float | None = None, max_work_side: int = 112,
-                 max_work_voxels: int = 160**3, window: tuple[float, float] | None = None,
-                 align_options: AlignOptions3D | None = None, refine_landmarks: bool = False,
-                 reduced_dims: int = 24, slice_side: int = 224, max_refine_voxels: int = 96**3,
-                 backbone_options: dict | None = None, rw_beta: float = 130.0, band: float = 0.3):
+                 refine: str = "none", work_spacing: float | None = None, max_work_side: int = 80,
+                 fine_voxels: int = 72**3, max_work_voxels: int = 160**3,
+                 window: tuple[float, float] | None = None, align_options: AlignOptions3D | None = None,
+                 refine_landmarks: bool = False, reduced_dims: int = 24, slice_side: int = 224,
+                 max_refine_voxels: int = 96**3, backbone_options: dict | None = None, rw_beta: float = 130.0,
+                 band: float = 0.3):
         if refine not in REFINERS:
             raise MedshotError(f"unknown refinement '{refine}' for volumes; known: {', '.join(REFINERS)}")
         self.template = template
@@ -178,77 +199,109 @@ class VolumeShot:
         self.rw_beta = rw_beta
         self.band = band
         vol = template.image
-        if work_spacing is None:
-            extent = float((np.array(vol.shape) * vol.spacing).max())
-            work_spacing = max(float(vol.spacing.min()), extent / max_work_side)
-        self.work_spacing = float(work_spacing)
-        self._basis: np.ndarray | None = None
-        self._templates: dict[float, tuple[Prepared3D, np.ndarray]] = {}
-        self._template_at(self.work_spacing)
+        finest = float(vol.spacing.min())
+        extent = np.array(vol.shape) * vol.spacing
+        self.coarse_spacing = max(finest, float(extent.max()) / max_work_side)
+        self.crop = self._template_box()
+        crop_mm = (self.crop[1] - self.crop[0]) * vol.spacing
+        auto = max(finest, float(np.prod(crop_mm) / fine_voxels) ** (1 / 3))
+        self.fine_spacing = float(work_spacing) if work_spacing else auto
+        crop_fraction = float(np.prod(crop_mm) / np.prod(extent))
+        # A second stage pays off only when it sees the region finer or much more tightly.
+        self.two_stage = self.fine_spacing < 0.8 * self.coarse_spacing or crop_fraction < 0.4
+        if not self.two_stage:
+            self.coarse_spacing = self.fine_spacing
+        self._bases: dict[str, np.ndarray | None] = {}
+        self._templates: dict[tuple, tuple[Prepared3D, np.ndarray]] = {}
+        self._template_at("coarse", self.coarse_spacing)
+        if self.two_stage:
+            self._template_at("fine", self.fine_spacing)
 
     @property
     def backbone_name(self) -> str:
         return "classical" if self.backbone is None else str(getattr(self.backbone, "name", "backbone"))
 
+    @property
+    def work_spacing(self) -> float:
+        return self.fine_spacing
+
     # -- preparation ----------------------------------------------------------------------------
 
-    def prepare(self, volume: Volume, spacing: float, fit: bool = False) -> Prepared3D:
-        """Resample a volume to the working grid of ``spacing`` mm and describe it."""
-        shape = working_shape(volume, spacing)
-        work_raw = resample(volume.array, shape)
-        window = normalize_window(work_raw, self.window)
+    def prepare(self, volume: Volume, spacing: float, stage: str = "coarse", box=None,
+                window: tuple[float, float] | None = None, describe: bool = True) -> Prepared3D:
+        """Resample a volume (or the canonical ``box`` = (lo, hi) of it) to ``spacing`` mm and describe it."""
+        lo, hi = (np.zeros(3, int), np.array(volume.shape)) if box is None else (np.asarray(box[0]), np.asarray(box[1]))
+        sub = volume.array[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+        shape = working_shape((hi - lo) * volume.spacing, spacing)
+        work_raw = resample(sub, shape)
+        window = window or normalize_window(work_raw, self.window)
         work = apply_window(work_raw, window)
         del work_raw
-        factor = np.array(shape, float) / np.array(volume.shape, float)
-        if self.backbone is None:
-            data = classical_features_3d(work)
-            if fit:
-                self._basis = fit_basis(data, self.reduced_dims)
-            feats = project(data, self._basis)
-            del data
-        else:
-            feats, basis = slice_features(work, self.backbone, self.reduced_dims,
-                                          basis=None if fit else self._basis, slice_side=self.slice_side)
-            if fit:
-                self._basis = basis
-        return Prepared3D(volume, factor, work, feats, window)
+        factor = np.array(shape, float) / (hi - lo)
+        feats = None
+        if describe:
+            fit = stage not in self._bases
+            if self.backbone is None:
+                data = classical_features_3d(work)
+                if fit:
+                    self._bases[stage] = fit_basis(data, self.reduced_dims)
+                feats = project(data, self._bases[stage])
+                del data
+            else:
+                feats, basis = slice_features(work, self.backbone, self.reduced_dims,
+                                              basis=self._bases.get(stage), slice_side=self.slice_side)
+                if fit:
+                    self._bases[stage] = basis
+        return Prepared3D(volume, factor, work, feats, window, lo.astype(int))
 
-    def _template_at(self, spacing: float) -> tuple[Prepared3D, np.ndarray]:
-        key = round(spacing, 4)
+    def _template_at(self, stage: str, spacing: float, describe: bool = True) -> tuple[Prepared3D, np.ndarray]:
+        key = (stage, round(spacing, 4), describe)
         if key not in self._templates:
-            prepared = self.prepare(self.template.image, spacing, fit=self._basis is None and not self._templates)
+            box = self.crop if stage == "fine" else None
+            prepared = self.prepare(self.template.image, spacing, stage, box, describe=describe)
             self._templates[key] = (prepared, self._roi(prepared))
         return self._templates[key]
 
-    def _roi(self, t: Prepared3D) -> np.ndarray:
-        """Working-grid region of the template whose correspondence matters: annotations plus context."""
-        shape = t.work.shape
-        pts = [t.to_work(self.template.landmarks_canonical)]
+    def _annotation_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """Canonical bounding box (inclusive corners) of the landmarks and labels used."""
+        pts = [self.template.landmarks_canonical]
         mask = self.template.mask
         if mask is not None:
             labels = list(self.template.labels) or [v for v in np.unique(mask) if v]
-            sel = np.isin(mask, labels)
-            idx = np.argwhere(sel)
+            idx = np.argwhere(np.isin(mask, labels))
             if len(idx):
-                pts.append(t.to_work(np.stack([idx.min(0), idx.max(0)])))
-        pts = np.vstack(pts)
-        roi = np.zeros(shape, bool)
-        if len(pts) == 0:
-            roi[:] = True
-            return roi
-        lo, hi = pts.min(0), pts.max(0)
-        m = np.maximum(0.25 * (hi - lo), 0.12 * np.array(shape))
-        a = np.clip(np.floor(lo - m), 0, np.array(shape) - 1).astype(int)
-        b = np.clip(np.ceil(hi + m) + 1, a + 1, np.array(shape)).astype(int)
+                pts.append(np.stack([idx.min(0), idx.max(0)]).astype(float))
+        allp = np.vstack(pts)
+        return allp.min(0), allp.max(0)
+
+    def _template_box(self) -> tuple[np.ndarray, np.ndarray]:
+        """Canonical box (lo, hi exclusive) of the fine stage: annotations plus context."""
+        vol = self.template.image
+        lo, hi = self._annotation_bounds()
+        size_mm = (hi - lo + 1) * vol.spacing
+        margin = np.maximum(0.3 * size_mm, 20.0) / vol.spacing
+        a = np.clip(np.floor(lo - margin), 0, np.array(vol.shape) - 1).astype(int)
+        b = np.clip(np.ceil(hi + margin) + 1, a + 2, np.array(vol.shape)).astype(int)
+        return a, b
+
+    def _roi(self, t: Prepared3D) -> np.ndarray:
+        """Working-grid region of the template whose correspondence matters: annotations plus context."""
+        shape = np.array(t.work.shape)
+        lo, hi = self._annotation_bounds()
+        lo, hi = t.to_work(lo), t.to_work(hi)
+        m = np.maximum(0.25 * (hi - lo), 0.12 * shape)
+        a = np.clip(np.floor(lo - m), 0, shape - 1).astype(int)
+        b = np.clip(np.ceil(hi + m) + 1, a + 1, shape).astype(int)
+        roi = np.zeros(tuple(shape), bool)
         roi[a[0]:b[0], a[1]:b[1], a[2]:b[2]] = True
         return roi
 
-    def spacing_for(self, volume: Volume) -> float:
-        """Common working spacing for a target: the template's, coarsened if the target would be too large."""
-        n = float(np.prod(working_shape(volume, self.work_spacing)))
+    def spacing_for(self, volume: Volume, spacing: float) -> float:
+        """Common working spacing for a whole target: ``spacing``, coarsened if the grid would be too large."""
+        n = float(np.prod(working_shape(np.array(volume.shape) * volume.spacing, spacing)))
         if n <= self.max_work_voxels:
-            return self.work_spacing
-        return self.work_spacing * (n / self.max_work_voxels) ** (1 / 3)
+            return spacing
+        return spacing * (n / self.max_work_voxels) ** (1 / 3)
 
     # -- per target -----------------------------------------------------------------------------
 
@@ -263,21 +316,30 @@ class VolumeShot:
                    ) -> tuple[Prepared3D, Prepared3D, Correspondence3D]:
         """Template preparation, target preparation and their correspondence (medshot's or a baseline's)."""
         vol = self.load(target)
-        spacing = self.spacing_for(vol)
-        tmpl, roi = self._template_at(spacing)
-        if baseline is None:
-            prep = self.prepare(vol, spacing)
-            corr = align(tmpl.features, roi, prep.features, self.align_options)
-        else:
+        if baseline is not None:
             from .baselines3d import register3d
 
-            shape = working_shape(vol, spacing)
-            work_raw = resample(vol.array, shape)
-            window = normalize_window(work_raw, self.window)
-            prep = Prepared3D(vol, np.array(shape, float) / np.array(vol.shape), apply_window(work_raw, window),
-                              None, window)
-            corr = register3d(tmpl.work, prep.work, tmpl.spacing, prep.spacing, baseline)
-        return tmpl, prep, corr
+            # The reference sees both whole volumes at the fine spacing (memory permitting).
+            spacing = self.spacing_for(vol, self.fine_spacing)
+            tmpl, _ = self._template_at("baseline", spacing, describe=False)
+            prep = self.prepare(vol, spacing, describe=False)
+            return tmpl, prep, register3d(tmpl.work, prep.work, tmpl.spacing, prep.spacing, baseline)
+        spacing = self.spacing_for(vol, self.coarse_spacing)
+        tc, roi_c = self._template_at("coarse", spacing)
+        sc = self.prepare(vol, spacing, "coarse")
+        if not self.two_stage:
+            return tc, sc, align(tc.features, roi_c, sc.features, self.align_options)
+        coarse = align(tc.features, roi_c, sc.features, replace(self.align_options, deformable=False))
+        tf, roi_f = self._template_at("fine", self.fine_spacing)
+        # template fine voxel -> template canonical -> coarse grids -> target canonical
+        to_target = (sc.to_canonical_matrix() @ coarse.affine @ np.linalg.inv(tc.to_canonical_matrix())
+                     @ tf.to_canonical_matrix())
+        box = _mapped_box(to_target, np.array(tf.work.shape), vol, self.fine_spacing)
+        sf = self.prepare(vol, self.fine_spacing, "fine", box, window=sc.window)
+        del sc
+        initial = np.linalg.inv(sf.to_canonical_matrix()) @ to_target
+        corr = align(tf.features, roi_f, sf.features, self.align_options, initial=initial)
+        return tf, sf, corr
 
     def localize(self, target) -> VolumeResult:
         return self.run(target, landmarks=True, masks=False)
@@ -289,8 +351,8 @@ class VolumeShot:
         """Landmarks and/or label map for one target volume.
 
         With ``baseline`` (``"affine"`` or ``"bspline"``) the correspondence comes from SimpleITK
-        registration of the same working volumes instead, and the template's annotations are carried
-        through it unchanged (no landmark re-matching, no refinement).
+        registration of the whole volumes at the fine spacing instead, and the template's annotations
+        are carried through it unchanged (no landmark re-matching, no refinement).
         """
         start = time.perf_counter()
         tmpl, prep, corr = self.correspond(target, baseline)
@@ -424,6 +486,19 @@ class VolumeShot:
             if lab <= n:
                 out[lab - 1] = rw[k]
         return out
+
+
+def _mapped_box(to_target: np.ndarray, shape: np.ndarray, vol: Volume, spacing: float,
+                margin: float = 0.15) -> tuple[np.ndarray, np.ndarray]:
+    """Canonical box (lo, hi) of the target covering a template grid of ``shape`` mapped by ``to_target``."""
+    lo, hi = -0.5, shape - 0.5
+    corners = np.array([[a, b, c] for a in (lo, hi[0]) for b in (lo, hi[1]) for c in (lo, hi[2])])
+    mapped = corners @ to_target[:3, :3].T + to_target[:3, 3]
+    a, b = mapped.min(0), mapped.max(0)
+    m = margin * (b - a) + 2 * spacing / vol.spacing
+    lo_i = np.clip(np.floor(a - m), 0, np.array(vol.shape) - 1).astype(int)
+    hi_i = np.clip(np.ceil(b + m) + 1, lo_i + 2, np.array(vol.shape)).astype(int)
+    return lo_i, hi_i
 
 
 def _carry_label(mask: np.ndarray, label: int, coords: np.ndarray) -> np.ndarray:
