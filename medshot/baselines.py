@@ -21,13 +21,17 @@ def _to_sitk(array: np.ndarray):
 
 
 def register(template: np.ndarray, target: np.ndarray, method: str = "bspline",
-             mesh_size: int = 8, seed: int = 0) -> Correspondence:
+             mesh_size: int = 8, seed: int = 1) -> Correspondence:
     """Register ``template`` (moving) to ``target`` (fixed), both ``(H, W)`` in [0, 1].
 
     ``identity`` maps the template's pixel grid onto the target's by scaling (same field of view);
     ``affine`` adds a Mattes mutual-information affine registration (3 resolution levels);
     ``bspline`` follows the affine with a B-spline free-form deformation (``mesh_size`` control
     cells per side, L-BFGS-B).
+
+    Runs are reproducible: the metric's random sampling uses ``seed`` (SimpleITK reads 0 as "seed
+    from the clock", so it must be non-zero) and ITK runs single-threaded, because its
+    multi-threaded B-spline metric sums in a varying order.
     """
     import SimpleITK as sitk
 
@@ -41,6 +45,20 @@ def register(template: np.ndarray, target: np.ndarray, method: str = "bspline",
         M = np.array([[Ws / Wt, 0, 0.5 * Ws / Wt - 0.5], [0, Hs / Ht, 0.5 * Hs / Ht - 0.5], [0, 0, 1.0]])
         return Correspondence(backward, M, 0.0)
 
+    if seed == 0:
+        raise ValueError("seed must be non-zero (SimpleITK seeds 0 from the clock)")
+    threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+    try:
+        return _register(template, target, method, mesh_size, seed)
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+
+
+def _register(template: np.ndarray, target: np.ndarray, method: str, mesh_size: int, seed: int) -> Correspondence:
+    import SimpleITK as sitk
+
+    Hs, Ws = target.shape
     fixed, moving = _to_sitk(target), _to_sitk(template)
     initial = sitk.CenteredTransformInitializer(fixed, moving, sitk.AffineTransform(2),
                                                 sitk.CenteredTransformInitializerFilter.MOMENTS)

@@ -77,8 +77,9 @@ class OneShot:
         Feature extractor (``"classical"`` needs no weights).
     segmenter : str or Segmenter
         Promptable segmenter (``"classical"`` needs no weights).
-    work_size : int
-        Longest side (pixels) of the grid images are matched on.
+    work_size, min_work_size : int
+        Longest side (pixels) of the grid images are matched on: an image's own size clipped to
+        this range (small images are upsampled to ``min_work_size``, large ones reduced to ``work_size``).
     align_options : AlignOptions, optional
     refine_landmarks : bool
         Re-match each landmark's descriptor locally after the dense correspondence.
@@ -95,7 +96,7 @@ class OneShot:
                  segmenter: str | Segmenter = "classical", work_size: int = 256,
                  align_options: AlignOptions | None = None, refine_landmarks: bool = True,
                  window: tuple[float, float] | None = None, reduced_dims: int = 16,
-                 backbone_options: dict | None = None, context: float = 0.25):
+                 backbone_options: dict | None = None, context: float = 0.1, min_work_size: int = 128):
         self.template = template
         self.context = context
         self.search_radius = 0.05  # landmark re-matching window, fraction of the diagonal
@@ -105,6 +106,7 @@ class OneShot:
         self._segmenter_spec = segmenter
         self._segmenter: Segmenter | None = None if isinstance(segmenter, str) else segmenter
         self.work_size = int(work_size)
+        self.min_work_size = int(min(min_work_size, work_size))
         self.align_options = align_options or AlignOptions()
         self.refine_landmarks = refine_landmarks
         self.window = window if window is not None else template.window
@@ -112,6 +114,9 @@ class OneShot:
         self._basis: np.ndarray | None = None
         self._template = self._prepare(template.image, fit_basis=True)
         self._roi = self._template_roi()
+
+    def _work_side(self, side: int) -> int:
+        return int(np.clip(side, self.min_work_size, self.work_size))
 
     @property
     def segmenter(self) -> Segmenter:
@@ -124,7 +129,7 @@ class OneShot:
     def _prepare(self, image: Image2D, fit_basis: bool = False) -> _Prepared:
         normalized = normalize_intensity(image.array, self.window)
         H, W = normalized.shape
-        f = self.work_size / max(H, W)
+        f = self._work_side(max(H, W)) / max(H, W)
         h, w = max(8, int(round(H * f))), max(8, int(round(W * f)))
         work = resize(normalized, (h, w), order=1, anti_aliasing=f < 1, preserve_range=True).astype(np.float32)
         given = normalized if getattr(self.backbone, "full_resolution_input", False) else work

@@ -37,8 +37,9 @@ class AlignOptions:
     scale_range: tuple[float, float] = (0.7, 1.4)
     scale_steps: int = 8
     coarse_side: int = 64
+    coarse_channels: int = 8
     affine_side: int = 128
-    affine_radius: int = 4
+    affine_radius: int = 3
     affine_iterations: int = 3
     deform_sides: tuple[int, ...] = (256,)
     deform_iterations: int = 5
@@ -351,11 +352,13 @@ def align(template: np.ndarray, template_roi: np.ndarray, target: np.ndarray,
                               (tc_shape[0] / ht_wt[0], tc_shape[1] / ht_wt[1]), order=1) > 0.5
     if not roi_coarse.any():
         roi_coarse[:] = True
+    t_coarse, s_coarse = _project_pair(t_coarse, s_coarse, options.coarse_channels)
     found = global_search(t_coarse, roi_coarse, s_coarse, options, options.candidates)
     to_work = [np.linalg.inv(scale_matrix(f_s)) @ M_c @ scale_matrix(f_t) for _, M_c in found]
 
     # 2. affine refinement of each candidate at a medium level; the best-matching one wins
-    refined = [_refine_affine(M, template, template_roi, target, options) for M in to_work]
+    level = _level(template, template_roi, target, options.affine_side)
+    refined = [_refine_affine(M, level, options) for M in to_work]
     M, score = max(refined, key=lambda r: r[1])
 
     # 3. deformation, coarse to fine: each level's block matching corrects what the previous left
@@ -398,9 +401,21 @@ def _level(template, template_roi, target, side):
     return t_l, s_l, roi_l, scale_matrix(ft), scale_matrix(fs), t_shape, s_shape
 
 
-def _refine_affine(M: np.ndarray, template, template_roi, target, options: AlignOptions) -> tuple[np.ndarray, float]:
-    """IRLS affine fits to block matches at the affine level; returns the affine and its mean similarity."""
-    t_l, s_l, roi_l, S_t, S_s, _, s_shape = _level(template, template_roi, target, options.affine_side)
+def _project_pair(template: np.ndarray, target: np.ndarray, channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """Both maps projected on the template's first ``channels`` principal axes (fewer FFTs in the search)."""
+    C = template.shape[0]
+    if C <= channels:
+        return template, target
+    x = template.reshape(C, -1)
+    x = x - x.mean(axis=1, keepdims=True)
+    u = np.linalg.svd(x @ x.T)[0][:, :channels].T.astype(np.float32)
+    return (l2_normalize(np.tensordot(u, template, axes=(1, 0)), axis=0),
+            l2_normalize(np.tensordot(u, target, axes=(1, 0)), axis=0))
+
+
+def _refine_affine(M: np.ndarray, level: tuple, options: AlignOptions) -> tuple[np.ndarray, float]:
+    """IRLS affine fits to block matches on a ``_level``; returns the affine and its mean similarity."""
+    t_l, s_l, roi_l, S_t, S_s, _, s_shape = level
     M_l = S_s @ M @ np.linalg.inv(S_t)
     for _ in range(options.affine_iterations):
         coords = _affine_coords(np.linalg.inv(M_l), s_shape)

@@ -32,8 +32,8 @@ class AlignOptions3D:
 
     scales: tuple[float, ...] = (0.85, 1.0, 1.18)
     rotations_deg: float = 10.0  # +-this about each axis, plus none
-    coarse_side: int = 28
-    coarse_channels: int = 12
+    coarse_side: int = 40
+    coarse_channels: int = 24
     affine_side: int = 48
     affine_iterations: int = 3
     deform_voxels: int = 48**3  # cap on the deformation level's cropped grid
@@ -226,12 +226,28 @@ def _candidate_rotations(max_deg: float) -> list[np.ndarray]:
     return rots
 
 
+def informativeness(features: np.ndarray, sigma: float = 1.0) -> np.ndarray:
+    """Weight in [0, 1] per voxel: how much the descriptors vary around it.
+
+    Flat regions (air around a patient, the empty part of a field of view) all carry one and the
+    same descriptor, so they would match each other perfectly and swamp the global search; the
+    length of the locally averaged unit descriptor is 1 there and smaller where there is structure.
+    """
+    mean = np.stack([ndimage.gaussian_filter(ch, sigma, mode="nearest") for ch in features])
+    spread = 1.0 - np.sqrt((mean * mean).sum(0))
+    ref = float(np.percentile(spread, 75))
+    return np.clip(spread / max(ref, 1e-6), 0.0, 1.0).astype(np.float32)
+
+
 def global_search(template: np.ndarray, roi: np.ndarray, target: np.ndarray,
                   options: AlignOptions3D) -> tuple[np.ndarray, float]:
-    """Best similarity transform (template -> target voxels of these grids) and its mean cosine score."""
+    """Best similarity transform (template -> target voxels of these grids) and its mean cosine score.
+
+    ``roi`` is a mask or a weight in [0, 1] per template voxel.
+    """
     tshape = target.shape[1:]
-    pts = np.argwhere(roi).astype(np.float64)
-    center = pts.mean(0)
+    pts = np.argwhere(roi > 0).astype(np.float64)
+    center = (pts * roi[roi > 0][:, None]).sum(0) / roi[roi > 0].sum()
     lo, hi = pts.min(0) - 1, pts.max(0) + 1
     corners = np.array([[a, b, c] for a in (lo[0], hi[0]) for b in (lo[1], hi[1]) for c in (lo[2], hi[2])]) - center
     candidates = []
@@ -252,14 +268,14 @@ def global_search(template: np.ndarray, roi: np.ndarray, target: np.ndarray,
         Minv = np.linalg.inv(M)
         g = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float64) - h for n, h in zip(size, half)], indexing="ij"))
         src = np.tensordot(Minv, g, axes=(1, 0)) + center[:, None, None, None]
-        roi_w = ndimage.map_coordinates(roi_f, src, order=1, mode="constant") > 0.5
+        roi_w = ndimage.map_coordinates(roi_f, src, order=1, mode="constant").astype(np.float32)
         area = float(roi_w.sum())
         if area < 8:
             continue
         feat = warp(template, src) * roi_w
         Tf = sfft.rfftn(feat[:, ::-1, ::-1, ::-1], s=fft_shape, axes=(1, 2, 3))
         corr = sfft.irfftn((Tf * F).sum(0), s=fft_shape)
-        ov = sfft.irfftn(sfft.rfftn(roi_w[::-1, ::-1, ::-1].astype(np.float32), s=fft_shape) * Fv, s=fft_shape)
+        ov = sfft.irfftn(sfft.rfftn(roi_w[::-1, ::-1, ::-1], s=fft_shape) * Fv, s=fft_shape)
         # The mean over the overlap alone favours placements that push the region's hard parts out of
         # the target's field of view; weighting by the overlap fraction counts what is missing.
         frac = np.clip(ov / area, 1e-6, 1.0)
@@ -374,6 +390,7 @@ def align(template: np.ndarray, template_roi: np.ndarray, target: np.ndarray,
         roi_c = resample(template_roi.astype(np.float32), tc.shape[1:]) > 0.5
         if not roi_c.any():
             roi_c[tuple(np.array(roi_c.shape) // 2)] = True
+        roi_c = roi_c * informativeness(tc)
         St_c, Ss_c = scale_matrix(np.array(tc.shape[1:]) / tshape), scale_matrix(np.array(sc.shape[1:]) / sshape)
         M_c, score = global_search(tc, roi_c, sc, options)
         M = np.linalg.inv(Ss_c) @ M_c @ St_c
