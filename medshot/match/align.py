@@ -41,7 +41,7 @@ class AlignOptions:
     affine_side: int = 128
     affine_radius: int = 3
     affine_iterations: int = 3
-    deform_sides: tuple[int, ...] = (256,)
+    deform_sides: tuple[int, ...] = (128,)
     deform_iterations: int = 5
     block_radius: int = 4
     smoothing: float = 0.04  # Gaussian sigma of the displacement field, as a fraction of the side
@@ -409,8 +409,8 @@ def _project_pair(template: np.ndarray, target: np.ndarray, channels: int) -> tu
     x = template.reshape(C, -1)
     x = x - x.mean(axis=1, keepdims=True)
     u = np.linalg.svd(x @ x.T)[0][:, :channels].T.astype(np.float32)
-    return (l2_normalize(np.tensordot(u, template, axes=(1, 0)), axis=0),
-            l2_normalize(np.tensordot(u, target, axes=(1, 0)), axis=0))
+    return (l2_normalize(np.einsum("kc,chw->khw", u, template), axis=0),
+            l2_normalize(np.einsum("kc,chw->khw", u, target), axis=0))
 
 
 def _refine_affine(M: np.ndarray, level: tuple, options: AlignOptions) -> tuple[np.ndarray, float]:

@@ -37,8 +37,9 @@ class AlignOptions3D:
     affine_side: int = 48
     affine_iterations: int = 3
     deform_voxels: int = 48**3  # cap on the deformation level's cropped grid
-    deform_iterations: int = 4
-    block_radius: int = 2
+    deform_iterations: int = 6
+    block_radius: int = 2  # affine stage search radius (voxels of its level)
+    deform_radius: int = 1  # per-iteration search radius of the deformation (iterations compound)
     patch_sigma: float = 1.2
     smoothing: float = 2.0  # Gaussian sigma of the displacement field, voxels of the deformation level
     deformable: bool = True
@@ -195,6 +196,18 @@ def warp(data: np.ndarray, coords: np.ndarray, order: int = 1, cval: float | Non
                      for ch in data]).astype(np.float32)
 
 
+def affine_warp(data: np.ndarray, Minv: np.ndarray, shape: tuple[int, int, int], cval: float | None = None
+                ) -> np.ndarray:
+    """Every channel of ``(C, X, Y, Z)`` sampled on a grid of ``shape`` through target -> template ``Minv``.
+
+    ``ndimage.affine_transform`` needs no coordinate arrays, so it is several times faster than
+    :func:`warp` for a purely affine map.
+    """
+    mode = "nearest" if cval is None else "constant"
+    return np.stack([ndimage.affine_transform(ch, Minv[:3, :3], Minv[:3, 3], output_shape=tuple(shape), order=1,
+                                              mode=mode, cval=cval or 0.0) for ch in data]).astype(np.float32)
+
+
 def affine_coords(Minv: np.ndarray, shape: tuple[int, int, int], offset=(0, 0, 0)) -> np.ndarray:
     """Grid of ``shape`` (starting at target voxel ``offset``) -> template coordinates under ``Minv``."""
     g = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float32) + o for n, o in zip(shape, offset)],
@@ -250,20 +263,31 @@ def global_search(template: np.ndarray, roi: np.ndarray, target: np.ndarray,
     center = (pts * roi[roi > 0][:, None]).sum(0) / roi[roi > 0].sum()
     lo, hi = pts.min(0) - 1, pts.max(0) + 1
     corners = np.array([[a, b, c] for a in (lo[0], hi[0]) for b in (lo[1], hi[1]) for c in (lo[2], hi[2])]) - center
-    candidates = []
-    for s in options.scales:
-        for R in _candidate_rotations(options.rotations_deg):
-            M = s * R
-            ext = np.abs(corners @ M.T).max(0)
-            half = np.ceil(ext).astype(int) + 1
-            candidates.append((M, half))
-    max_size = np.max([2 * h + 1 for _, h in candidates], axis=0)
+    rotations = _candidate_rotations(options.rotations_deg)
+
+    def extent(M):
+        return np.ceil(np.abs(corners @ M.T).max(0)).astype(int) + 1
+
+    max_size = np.max([2 * extent(s * R) + 1 for s in options.scales for R in rotations], axis=0)
     fft_shape = tuple(_fast_len(t + m) for t, m in zip(tshape, max_size))
     F = sfft.rfftn(target, s=fft_shape, axes=(1, 2, 3))
     Fv = sfft.rfftn(np.ones(tshape, np.float32), s=fft_shape)
-    best = (-np.inf, np.eye(4))
     roi_f = roi.astype(np.float32)
-    for M, half in candidates:
+    # Scales first (no rotation), then the rotations at the best scale: 3 + 6 placements, not 3 x 7.
+    best = _search(template, roi_f, center, [s * np.eye(3) for s in options.scales], F, Fv, fft_shape,
+                   extent, options)
+    if len(rotations) > 1:
+        scale = float(np.cbrt(np.linalg.det(best[1][:3, :3])))
+        best = max(best, _search(template, roi_f, center, [scale * R for R in rotations[1:]], F, Fv, fft_shape,
+                                 extent, options), key=lambda b: b[0])
+    return best[1], (best[0] if np.isfinite(best[0]) else 0.0)
+
+
+def _search(template, roi_f, center, matrices, F, Fv, fft_shape, extent, options) -> tuple[float, np.ndarray]:
+    """Best placement (score, 4x4) over translations for each linear part in ``matrices``."""
+    best = (-np.inf, np.eye(4))
+    for M in matrices:
+        half = extent(M)
         size = 2 * half + 1
         Minv = np.linalg.inv(M)
         g = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float64) - h for n, h in zip(size, half)], indexing="ij"))
@@ -288,7 +312,7 @@ def global_search(template: np.ndarray, roi: np.ndarray, target: np.ndarray,
             A[:3, :3] = M
             A[:3, 3] = origin + half - M @ center
             best = (float(score[k]), A)
-    return best[1], (best[0] if np.isfinite(best[0]) else 0.0)
+    return best
 
 
 # ------------------------------------------------------------------------------------------------
@@ -406,17 +430,18 @@ def align(template: np.ndarray, template_roi: np.ndarray, target: np.ndarray,
     St, Ss = scale_matrix(np.array(ta_shape) / tshape), scale_matrix(np.array(sa_shape) / sshape)
     M_l = Ss @ M @ np.linalg.inv(St)
     for _ in range(options.affine_iterations):
-        coords = affine_coords(np.linalg.inv(M_l), sa_shape)
-        valid = _inside(coords, roi_a)
+        Minv = np.linalg.inv(M_l)
+        valid = affine_warp(roi_a[None].astype(np.float32), Minv, sa_shape, cval=0.0)[0] > 0.5
         if valid.sum() < 50:
             break
-        warped = warp(ta, coords)
+        warped = affine_warp(ta, Minv, sa_shape)
         d, conf = block_match(warped, sa, valid, options.block_radius, options.patch_sigma)
         sel = conf > 0
         if sel.sum() < 50:
             break
-        src = np.stack([coords[a][sel] for a in range(3)], 1)
-        dst = np.argwhere(sel).astype(np.float64) + np.stack([d[a][sel] for a in range(3)], 1)
+        tgt_pts = np.argwhere(sel).astype(np.float64)
+        src = apply_affine(Minv, tgt_pts)
+        dst = tgt_pts + np.stack([d[a][sel] for a in range(3)], 1)
         M_new = fit_affine(src, dst, conf[sel])
         # A fit that collapses or flips the region is a failed match; keep the previous estimate.
         det = np.linalg.det(M_new[:3, :3])
@@ -457,7 +482,7 @@ def align(template: np.ndarray, template_roi: np.ndarray, target: np.ndarray,
             valid = _inside(coords, roi_d)
             if valid.sum() < 50:
                 break
-            d, conf = block_match(warped, sd, valid, options.block_radius, options.patch_sigma)
+            d, conf = block_match(warped, sd, valid, options.deform_radius, options.patch_sigma)
             wsum = ndimage.gaussian_filter(conf, options.smoothing) + 1e-6
             d_s = np.stack([ndimage.gaussian_filter(conf * d[a], options.smoothing) / wsum for a in range(3)])
             # Composition: new backward(t) = old backward(t - d(t)).

@@ -178,7 +178,7 @@ class VolumeShot:
                  window: tuple[float, float] | None = None, align_options: AlignOptions3D | None = None,
                  refine_landmarks: bool = False, reduced_dims: int = 24, slice_side: int = 224,
                  max_refine_voxels: int = 96**3, backbone_options: dict | None = None, rw_beta: float = 130.0,
-                 band: float = 0.3):
+                 band: float = 0.3, baseline_voxels: int = 96**3):
         if refine not in REFINERS:
             raise MedshotError(f"unknown refinement '{refine}' for volumes; known: {', '.join(REFINERS)}")
         self.template = template
@@ -198,6 +198,7 @@ class VolumeShot:
         self.max_refine_voxels = int(max_refine_voxels)
         self.rw_beta = rw_beta
         self.band = band
+        self.baseline_voxels = int(baseline_voxels)
         vol = template.image
         finest = float(vol.spacing.min())
         extent = np.array(vol.shape) * vol.spacing
@@ -296,12 +297,13 @@ class VolumeShot:
         roi[a[0]:b[0], a[1]:b[1], a[2]:b[2]] = True
         return roi
 
-    def spacing_for(self, volume: Volume, spacing: float) -> float:
+    def spacing_for(self, volume: Volume, spacing: float, max_voxels: int | None = None) -> float:
         """Common working spacing for a whole target: ``spacing``, coarsened if the grid would be too large."""
+        cap = self.max_work_voxels if max_voxels is None else max_voxels
         n = float(np.prod(working_shape(np.array(volume.shape) * volume.spacing, spacing)))
-        if n <= self.max_work_voxels:
+        if n <= cap:
             return spacing
-        return spacing * (n / self.max_work_voxels) ** (1 / 3)
+        return spacing * (n / cap) ** (1 / 3)
 
     # -- per target -----------------------------------------------------------------------------
 
@@ -319,8 +321,9 @@ class VolumeShot:
         if baseline is not None:
             from .baselines3d import register3d
 
-            # The reference sees both whole volumes at the fine spacing (memory permitting).
-            spacing = self.spacing_for(vol, self.fine_spacing)
+            # The reference sees both whole volumes at the fine spacing, coarsened to a voxel budget that
+            # keeps SimpleITK's B-spline registration to minutes.
+            spacing = self.spacing_for(vol, self.fine_spacing, self.baseline_voxels)
             tmpl, _ = self._template_at("baseline", spacing, describe=False)
             prep = self.prepare(vol, spacing, describe=False)
             return tmpl, prep, register3d(tmpl.work, prep.work, tmpl.spacing, prep.spacing, baseline)

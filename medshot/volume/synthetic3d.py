@@ -155,3 +155,63 @@ def landmarks_voxel(phantom: Phantom3D, affine: np.ndarray, warp: Warp3D | None 
     """The phantom's landmarks as voxel indices ``(N, 3)`` of a grid with ``affine`` (through ``warp``)."""
     world = phantom.landmarks if warp is None else warp.inverse(phantom.landmarks)
     return (world - affine[:3, 3]) @ np.linalg.inv(affine[:3, :3]).T
+
+
+def write_dicom_series(array: np.ndarray, affine: np.ndarray, folder, slope: float = 1.0, intercept: float = 0.0,
+                       shuffle_seed: int | None = 0, modality: str = "CT", series_uid: str | None = None) -> list:
+    """Write a volume as a DICOM series: one file per ``array[:, :, k]`` (columns = i, rows = j).
+
+    The geometry comes from ``affine`` (RAS, as for NIfTI): ImagePositionPatient,
+    ImageOrientationPatient, PixelSpacing and SliceThickness are set in DICOM's LPS convention, and
+    stored values are ``(array - intercept) / slope`` as uint16. With ``shuffle_seed`` the file
+    names are random and unrelated to the slice order (InstanceNumber too), so a reader must sort
+    by position. Returns the written paths in slice order.
+    """
+    from pathlib import Path
+
+    import pydicom
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ np.asarray(affine, float)
+    col_step, row_step, slice_step = lps[:3, 0], lps[:3, 1], lps[:3, 2]
+    dx, dy = float(np.linalg.norm(col_step)), float(np.linalg.norm(row_step))
+    iop = list(col_step / dx) + list(row_step / dy)
+    series_uid = series_uid or generate_uid()
+    study_uid = generate_uid()
+    n = array.shape[2]
+    rng = np.random.default_rng(shuffle_seed) if shuffle_seed is not None else None
+    names = [f"slice_{k:04d}.dcm" for k in range(n)]
+    instance = list(range(1, n + 1))
+    if rng is not None:
+        names = [f"{rng.integers(1 << 40):x}.dcm" for _ in range(n)]
+        instance = list(rng.permutation(n) + 1)
+    paths = []
+    for k in range(n):
+        stored = np.round((array[:, :, k].T - intercept) / slope)  # rows = j, columns = i
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = pydicom.uid.CTImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = FileDataset(str(folder / names[k]), {}, file_meta=meta, preamble=b"\0" * 128)
+        ds.SOPClassUID = meta.MediaStorageSOPClassUID
+        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+        ds.StudyInstanceUID = study_uid
+        ds.SeriesInstanceUID = series_uid
+        ds.Modality = modality
+        ds.InstanceNumber = int(instance[k])
+        ds.ImagePositionPatient = [float(v) for v in lps[:3, 3] + k * slice_step]
+        ds.ImageOrientationPatient = [float(v) for v in iop]
+        ds.PixelSpacing = [dy, dx]  # (between rows, between columns)
+        ds.SliceThickness = float(np.linalg.norm(slice_step))
+        ds.Rows, ds.Columns = int(stored.shape[0]), int(stored.shape[1])
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+        ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+        ds.PixelData = np.clip(stored, 0, 65535).astype(np.uint16).tobytes()
+        ds.save_as(str(folder / names[k]), enforce_file_format=True)
+        paths.append(folder / names[k])
+    return paths
