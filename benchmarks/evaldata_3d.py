@@ -6,9 +6,11 @@ targets; reported per task and method: Dice per label, mean Dice, landmark error
 label centroids carried to the target vs the target's own label centroids, both from expert masks)
 and seconds per volume.
 
-Methods: ``medshot`` (weights-free 3D descriptors, default refinement), ``medshot-carry`` (no
-random-walker refinement), ``affine`` and ``bspline`` (SimpleITK Mattes-MI registration of the
-same working volumes; ``bspline`` = affine + B-spline FFD).
+Methods: ``medshot`` (weights-free 3D descriptors, carried label map + 3D clean-up: the default),
+``medshot-rw`` (plus the 3D random-walker band refinement), ``affine`` and ``bspline`` (SimpleITK
+Mattes-MI registration of the same whole volumes, resampled to the same working spacing or coarser;
+``bspline`` = affine + B-spline FFD). The template's label map and landmarks go through every
+correspondence the same way.
 
 Usage::
 
@@ -43,7 +45,7 @@ TASKS = {
     "openkbp": {"folder": "ct_headneck_oar_openkbp", "centroids": "structure_centroids_voxel.csv",
                 "name": "structure", "window": (-160.0, 240.0)},
 }
-METHODS = ("medshot", "medshot-carry", "affine", "bspline")
+METHODS = ("medshot", "medshot-rw", "affine", "bspline")
 
 
 def read_centroids(path: Path, name_col: str) -> dict[str, dict[int, tuple[str, np.ndarray]]]:
@@ -83,23 +85,18 @@ def run_task(task: str, data: Path, max_pairs: int | None, methods: list[str], t
     template.landmarks = [Landmark3D(f"{k}:{v[0]}", v[1]) for k, v in sorted(cent[tid].items())]
     template.validate()
     targets = [i for i in ids if i != tid][: max_pairs or None]
-    shots = {}
     t0 = time.perf_counter()
-    if any(m.startswith("medshot") or m in ("affine", "bspline") for m in methods):
-        shots["medshot"] = VolumeShot(template, refine="randomwalker")
+    shot = VolumeShot(template)
     setup = time.perf_counter() - t0
-    if "medshot-carry" in methods:
-        shots["medshot-carry"] = shots["medshot"]
     print(f"[{task}] template {tid}, {len(targets)} targets, template preparation {setup:.1f} s", flush=True)
     for tg in targets:
         vol = load_volume(tdir / "volumes" / "images" / f"{tg}.nii.gz")
         truth = load_label_volume(tdir / "volumes" / "labels" / f"{tg}.nii.gz", vol)
         for method in methods:
-            shot = shots["medshot"]
             baseline = method if method in ("affine", "bspline") else None
             previous = shot.refine
-            if method == "medshot-carry":
-                shot.refine = "none"
+            if method == "medshot-rw":
+                shot.refine = "randomwalker"
             start = time.perf_counter()
             result = shot.run(vol, baseline=baseline)
             seconds = time.perf_counter() - start

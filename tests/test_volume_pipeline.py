@@ -14,7 +14,7 @@ from medshot.volume.pipeline3d import VolumeShot
 from medshot.volume.synthetic3d import Phantom3D, Warp3D, grid_affine, landmarks_voxel, sample_phantom
 from medshot.volume.template3d import Landmark3D, VolumeTemplate
 
-TEMPLATE_SHAPE, TEMPLATE_SPACING = (44, 44, 32), (1.1, 1.1, 1.5)
+TEMPLATE_SHAPE, TEMPLATE_SPACING = (44, 44, 34), (1.4, 1.4, 1.8)
 
 
 def _rotation(deg_xyz) -> np.ndarray:
@@ -39,24 +39,26 @@ def _template(phantom: Phantom3D) -> VolumeTemplate:
     return t
 
 
+WORK_SPACING = 1.8  # mm; coarser than the template's 1.4 mm keeps the tests fast
+
 TARGETS = {
     # fewer, thicker slices, anisotropic in-plane spacing, a non-canonical axis order and a smooth warp
-    "thick-slices-PLI": dict(shape=(40, 48, 26), spacing=(1.3, 1.0, 2.0), center=(3, -2, 4), axcodes="PLI",
+    "thick-slices-PLI": dict(shape=(40, 48, 26), spacing=(1.6, 1.25, 2.4), center=(3, -2, 4), axcodes="PLI",
                              warp=Warp3D(_rotation((4, -3, 6)) * 1.05, np.array([2.0, -3.0, 1.5]), 1.5, 50.0)),
     # a field of view twice as large, with the anatomy off-centre, and more slices
-    "wide-fov-LAS": dict(shape=(56, 60, 50), spacing=(1.6, 1.5, 1.2), center=(-14, 10, -6), axcodes="LAS",
+    "wide-fov-LAS": dict(shape=(48, 50, 44), spacing=(2.2, 2.1, 1.8), center=(-16, 12, -8), axcodes="LAS",
                          warp=Warp3D(_rotation((-5, 0, -4)) * 0.95, np.array([-1.5, 2.0, 0.0]), 1.0, 40.0)),
 }
 
 
 @pytest.fixture(scope="module")
 def phantom():
-    return Phantom3D(48.0, seed=1)
+    return Phantom3D(60.0, seed=1)
 
 
 @pytest.fixture(scope="module")
 def shot(phantom):
-    return VolumeShot(_template(phantom))
+    return VolumeShot(_template(phantom), work_spacing=WORK_SPACING)
 
 
 @pytest.fixture(scope="module", params=sorted(TARGETS))
@@ -156,7 +158,7 @@ def test_2d_backbone_runs_once_per_slice_and_streams():
 @pytest.mark.slow
 def test_2d_backbone_route_finds_landmarks(phantom):
     bb = CountingBackbone()
-    shot = VolumeShot(_template(phantom), backbone=bb, slice_side=96,
+    shot = VolumeShot(_template(phantom), backbone=bb, slice_side=96, work_spacing=WORK_SPACING,
                       align_options=AlignOptions3D(rotations_deg=0.0))
     template_calls = bb.calls
     spec = TARGETS["thick-slices-PLI"]

@@ -32,8 +32,9 @@ class AlignOptions3D:
 
     scales: tuple[float, ...] = (0.85, 1.0, 1.18)
     rotations_deg: float = 10.0  # +-this about each axis, plus none
-    coarse_side: int = 40
-    coarse_channels: int = 24
+    coarse_side: int = 40  # global search level: template's longest side at most this ...
+    coarse_roi_side: int = 32  # ... and the region of interest's longest side at most this
+    coarse_channels: int = 16
     affine_side: int = 48
     affine_iterations: int = 3
     deform_voxels: int = 48**3  # cap on the deformation level's cropped grid
@@ -170,10 +171,14 @@ def resample(data: np.ndarray, shape: tuple[int, int, int], order: int = 1, norm
     return out if multi else out[0]
 
 
-def separable_interp(a: np.ndarray, axes: list[np.ndarray], order: int) -> np.ndarray:
-    """Sample ``a`` on the axis-aligned grid ``axes`` one axis at a time (cheap for large volumes)."""
+def separable_interp(a: np.ndarray, axes: list[np.ndarray], order: int, axis_order=(0, 1, 2)) -> np.ndarray:
+    """Sample ``a`` on the axis-aligned grid ``axes`` one axis at a time (cheap for large volumes).
+
+    ``axis_order`` says which axis to interpolate first; the one that shrinks most should go first.
+    """
     out = a
-    for ax, coords in enumerate(axes):
+    for ax in axis_order:
+        coords = axes[ax]
         if order == 0:
             idx = np.clip(np.round(coords).astype(int), 0, out.shape[ax] - 1)
             out = np.take(out, idx, axis=ax)
@@ -407,7 +412,8 @@ def align(template: np.ndarray, template_roi: np.ndarray, target: np.ndarray,
 
     if initial is None:
         # 1. global similarity search at the coarse level (same factor on both sides: same voxel size)
-        fc = level_factor(tshape, options.coarse_side)
+        roi_extent = np.ptp(np.argwhere(template_roi), axis=0) + 1
+        fc = min(level_factor(tshape, options.coarse_side), level_factor(tuple(roi_extent), options.coarse_roi_side))
         k = min(options.coarse_channels, template.shape[0])
         tc = resample(template[:k], level_shape(tshape, fc), normalize=True)
         sc = resample(target[:k], level_shape(sshape, fc), normalize=True)

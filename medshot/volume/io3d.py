@@ -332,7 +332,7 @@ def load_dicom_series(folder: str | Path) -> Volume:
 
 
 def load_label_volume(path: str | Path, like: Volume) -> np.ndarray:
-    """Read a label map (0 = background) in the geometry of ``like``: canonical ``int32`` array.
+    """Read a label map (0 = background) in the geometry of ``like``: canonical ``uint16`` array.
 
     The map must cover the same voxels as ``like`` (same world geometry, whatever its own axis
     order); binary 0/255 maps become 0/1.
@@ -345,12 +345,15 @@ def load_label_volume(path: str | Path, like: Volume) -> np.ndarray:
     labels = vol.array
     if not np.allclose(labels, np.round(labels)):
         raise MedshotError("label map must hold integer labels", path)
-    labels = np.round(labels).astype(np.int32)
     if labels.min() < 0:
         raise MedshotError("label map holds negative labels", path)
+    if labels.max() > 65535:
+        raise MedshotError(f"label {labels.max():g} is too large (labels go up to 65535)", path)
+    # 16 bits per voxel, not 32: a CT-sized label map is then 150 MB rather than 300 MB.
+    labels = np.round(labels).astype(np.uint16)
     values = np.unique(labels)
     if len(values) == 2 and values[0] == 0 and values[1] == 255:
-        labels = (labels > 0).astype(np.int32)
+        labels = (labels > 0).astype(np.uint16)
     return labels
 
 
@@ -365,12 +368,14 @@ def save_label_volume(path: Path, canonical_labels: np.ndarray, like: Volume) ->
 
     from ..io import save_nifti_gz
 
-    data = like.to_source_array(np.asarray(canonical_labels).astype(np.uint8))
+    labels = np.asarray(canonical_labels)
+    dtype = np.uint8 if labels.size == 0 or int(labels.max()) < 256 else np.uint16
+    data = like.to_source_array(labels.astype(dtype, copy=False))
     img = nib.Nifti1Image(data, like.source_affine)
     # Keep the source's codes (scanner vs aligned space); a DICOM-derived target is scanner space.
     qcode = int(like.meta.get("qform_code", 1) or 1)
     scode = int(like.meta.get("sform_code", 1) or 1)
     img.set_qform(like.source_affine, code=qcode)
     img.set_sform(like.source_affine, code=scode)
-    img.header.set_data_dtype(np.uint8)
+    img.header.set_data_dtype(dtype)
     save_nifti_gz(path, img)

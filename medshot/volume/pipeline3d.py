@@ -397,7 +397,7 @@ class VolumeShot:
         assert mask is not None
         labels = sorted(self.template.labels) or [int(v) for v in np.unique(mask) if v]
         vol = s.volume
-        out = np.zeros(vol.shape, np.uint8)
+        out = np.zeros(vol.shape, np.uint8 if max(labels) < 256 else np.uint16)
         # Target canonical voxels that the correspondence's box covers (labels land nowhere else).
         w_lo = np.array([b.start for b in corr.box], float) - 0.5
         w_hi = np.array([b.stop for b in corr.box], float) - 0.5
@@ -419,16 +419,30 @@ class VolumeShot:
             image = apply_window(ndimage.map_coordinates(vol.array, grid, order=1, mode="nearest"), s.window)
             probs = self._random_walker(image, probs, vol.spacing / g_factor)
         del grid
-        # Per-label probabilities back to the target's own voxels inside the crop.
-        if g_shape != tuple(crop):
-            up_axes = [(np.arange(n) + 0.5) * f - 0.5 for n, f in zip(crop, g_factor)]
-            probs = np.stack([separable_interp(p, up_axes, 1) for p in probs])
-        lab_crop = np.zeros(tuple(crop), np.uint8)
-        best = probs.argmax(0)
-        fg = probs.max(0) > 0.5
+        # Per-label probabilities back to the target's own voxels inside the crop, a slab of slices at a
+        # time with a running argmax: memory grows neither with the number of labels nor with the crop.
+        upsample = g_shape != tuple(crop)
+        up_axes = [(np.arange(n) + 0.5) * f - 0.5 for n, f in zip(crop, g_factor)]
+        best_p = np.zeros(tuple(crop), np.float32)
+        best_i = np.zeros(tuple(crop), np.int32)
+        step = 16
+        for z0 in range(0, int(crop[2]), step):
+            z1 = min(int(crop[2]), z0 + step)
+            bp, bi = best_p[:, :, z0:z1], best_i[:, :, z0:z1]
+            for i, p in enumerate(probs):
+                if upsample:
+                    q = separable_interp(p, [up_axes[0], up_axes[1], up_axes[2][z0:z1]], 1, axis_order=(2, 0, 1))
+                else:
+                    q = p[:, :, z0:z1]
+                better = q > bp
+                bp[better] = q[better]
+                bi[better] = i
+        del probs
+        fg = best_p > 0.5
+        del best_p
+        lab_crop = np.zeros(tuple(crop), out.dtype)
         for i, lab in enumerate(labels):
-            region = fg & (best == i)
-            region = _clean(region)
+            region = _clean(fg & (best_i == i))
             lab_crop[region & (lab_crop == 0)] = lab
         out[c_lo[0]:c_hi[0], c_lo[1]:c_hi[1], c_lo[2]:c_hi[2]] = lab_crop
         return out, scores

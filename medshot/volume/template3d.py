@@ -61,7 +61,7 @@ class VolumeTemplate:
 
     @property
     def mask(self) -> np.ndarray | None:
-        """Canonical-orientation label map (``int32``), or None."""
+        """Canonical-orientation label map (``uint16``), or None."""
         if self.mask_path is None:
             return None
         if self._mask is None:
