@@ -2,11 +2,11 @@
 
 The method, step by step:
 
-1. **Common working grid.** Template and target are reoriented to canonical RAS+ on loading and
-   resampled to one shared, near-isotropic voxel size (default: the template's field of view over
-   ``max_work_side`` voxels, never finer than its finest native spacing). Different slice counts,
-   spacings and fields of view therefore meet on equal terms: slice k of the template is never
-   assumed to be slice k of the target.
+1. **Common working grids.** Template and target are reoriented to canonical RAS+ on loading and
+   resampled to shared, near-isotropic voxel sizes, so different slice counts, spacings and fields
+   of view meet on equal terms: slice k of the template is never assumed to be slice k of the
+   target. When the annotations are small in the template's field of view, a coarse stage on the
+   whole volumes places them and a fine stage works on boxes around them only; otherwise one stage.
 2. **Descriptors**, once per volume on the working grid: weights-free 3D jets + MIND
    (:func:`~medshot.volume.features3d.classical_features_3d`), or any 2D backbone run once per
    axial slice and projected to a small PCA basis while streaming.
@@ -424,7 +424,7 @@ class VolumeShot:
         upsample = g_shape != tuple(crop)
         up_axes = [(np.arange(n) + 0.5) * f - 0.5 for n, f in zip(crop, g_factor)]
         best_p = np.zeros(tuple(crop), np.float32)
-        best_i = np.zeros(tuple(crop), np.int32)
+        best_i = np.zeros(tuple(crop), np.int16)
         step = 16
         for z0 in range(0, int(crop[2]), step):
             z1 = min(int(crop[2]), z0 + step)
