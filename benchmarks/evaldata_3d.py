@@ -9,7 +9,9 @@ and seconds per volume.
 Methods: ``medshot`` (weights-free 3D descriptors, carried label map + 3D clean-up: the default),
 ``medshot-rw`` (plus the 3D random-walker band refinement), ``affine`` and ``bspline`` (SimpleITK
 Mattes-MI registration of the same whole volumes, resampled to the same working spacing or coarser;
-``bspline`` = affine + B-spline FFD). The template's label map and landmarks go through every
+``bspline`` = affine + B-spline FFD), and ``affine@medshot`` / ``bspline@medshot``, the same
+registrations started from medshot's global placement (global search + affine of its coarse stage)
+instead of the images' centres of mass. The template's label map and landmarks go through every
 correspondence the same way.
 
 Usage::
@@ -45,7 +47,7 @@ TASKS = {
     "openkbp": {"folder": "ct_headneck_oar_openkbp", "centroids": "structure_centroids_voxel.csv",
                 "name": "structure", "window": (-160.0, 240.0)},
 }
-METHODS = ("medshot", "medshot-rw", "affine", "bspline")
+METHODS = ("medshot", "medshot-rw", "affine", "bspline", "affine@medshot", "bspline@medshot")
 
 
 def read_centroids(path: Path, name_col: str) -> dict[str, dict[int, tuple[str, np.ndarray]]]:
@@ -93,7 +95,7 @@ def run_task(task: str, data: Path, max_pairs: int | None, methods: list[str], t
         vol = load_volume(tdir / "volumes" / "images" / f"{tg}.nii.gz")
         truth = load_label_volume(tdir / "volumes" / "labels" / f"{tg}.nii.gz", vol)
         for method in methods:
-            baseline = method if method in ("affine", "bspline") else None
+            baseline = None if method.startswith("medshot") else method
             previous = shot.refine
             if method == "medshot-rw":
                 shot.refine = "randomwalker"
@@ -210,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="evaldata folder (default: ../shared/evaldata)")
     p.add_argument("--tasks", default="hippocampus,openkbp", help="comma-separated: hippocampus, openkbp")
-    p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated from {', '.join(METHODS)}")
+    p.add_argument("--methods", default="medshot,medshot-rw,affine,bspline",
+                   help=f"comma-separated from {', '.join(METHODS)} (default: the first four)")
     p.add_argument("--max-pairs", type=int, default=None, help="at most N targets per task (quick runs)")
     p.add_argument("--template-index", type=int, default=0, help="which case (sorted by id) is the template")
     p.add_argument("--out", type=Path, default=None, help="write per-pair rows (CSV) and the table (Markdown) here")

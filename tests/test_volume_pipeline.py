@@ -98,15 +98,30 @@ def test_same_volume_maps_onto_itself(phantom, shot):
     assert dice(labels == 1, t.mask == 1) > 0.95 and dice(labels == 2, t.mask == 2) > 0.95
 
 
-def test_baseline_registration_runs_on_the_same_grids(phantom, shot):
+@pytest.mark.parametrize("baseline", ["affine", "affine@medshot"])
+def test_baseline_registration_runs_on_the_same_grids(phantom, shot, baseline):
     spec = TARGETS["thick-slices-PLI"]
     aff = grid_affine(spec["shape"], spec["spacing"], spec["center"], spec["axcodes"])
     image, truth = sample_phantom(phantom, spec["shape"], aff, spec["warp"])
-    result = shot.run(from_array(image, aff), baseline="affine")
+    result = shot.run(from_array(image, aff), baseline=baseline)
     labels = result.volume.to_source_array(result.label_map)
     assert dice(labels == 1, truth == 1) > 0.7
     err = np.linalg.norm(result.landmarks_ijk - landmarks_voxel(phantom, aff, spec["warp"]), axis=1)
     assert err.max() < 3.0
+
+
+def test_random_walker_refinement_keeps_the_structures(phantom, shot):
+    spec = TARGETS["thick-slices-PLI"]
+    aff = grid_affine(spec["shape"], spec["spacing"], spec["center"], spec["axcodes"])
+    image, truth = sample_phantom(phantom, spec["shape"], aff, spec["warp"])
+    shot.refine = "randomwalker"
+    try:
+        result = shot.run(from_array(image, aff), landmarks=False)
+    finally:
+        shot.refine = "none"
+    labels = result.volume.to_source_array(result.label_map)
+    for label in (1, 2):
+        assert dice(labels == label, truth == label) >= 0.8
 
 
 def test_correspondence_forward_inverts_backward():

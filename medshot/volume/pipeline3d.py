@@ -322,11 +322,27 @@ class VolumeShot:
             from .baselines3d import register3d
 
             # The reference sees both whole volumes at the fine spacing, coarsened to a voxel budget that
-            # keeps SimpleITK's B-spline registration to minutes.
+            # keeps SimpleITK's B-spline registration to minutes. "affine@medshot" / "bspline@medshot"
+            # start it from medshot's global placement instead of the images' centres of mass.
+            method, _, start = baseline.partition("@")
             spacing = self.spacing_for(vol, self.fine_spacing, self.baseline_voxels)
             tmpl, _ = self._template_at("baseline", spacing, describe=False)
             prep = self.prepare(vol, spacing, describe=False)
-            return tmpl, prep, register3d(tmpl.work, prep.work, tmpl.spacing, prep.spacing, baseline)
+            initial = None
+            if start == "medshot":
+                sp = self.spacing_for(vol, self.coarse_spacing)
+                tc, roi_c = self._template_at("coarse", sp)
+                sc = self.prepare(vol, sp, "coarse")
+                placed = align(tc.features, roi_c, sc.features, replace(self.align_options, deformable=False))
+                # baseline target voxel -> target canonical -> coarse grids -> template canonical -> baseline
+                to_template = (np.linalg.inv(tmpl.to_canonical_matrix()) @ tc.to_canonical_matrix()
+                               @ np.linalg.inv(placed.affine) @ np.linalg.inv(sc.to_canonical_matrix())
+                               @ prep.to_canonical_matrix())
+                initial = to_template
+            elif start:
+                raise MedshotError(f"unknown baseline start '{start}' (known: medshot)")
+            return tmpl, prep, register3d(tmpl.work, prep.work, tmpl.spacing, prep.spacing, method,
+                                          initial_voxels=initial)
         spacing = self.spacing_for(vol, self.coarse_spacing)
         tc, roi_c = self._template_at("coarse", spacing)
         sc = self.prepare(vol, spacing, "coarse")
