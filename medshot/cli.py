@@ -132,13 +132,7 @@ def cmd_template(args: argparse.Namespace) -> int:
         return cmd_template_3d(args)
     from .template import Template
 
-    labels = None
-    if args.labels:
-        try:
-            labels = [int(v) for v in args.labels.split(",") if v.strip()]
-        except ValueError as exc:
-            raise MedshotError(f"--labels must be comma-separated integers, got '{args.labels}'") from exc
-    names = _read_label_names(args.label_names) if args.label_names else None
+    labels, names = _label_choice(args)
     template = Template.build(args.image, args.mask, args.landmarks, labels=labels, label_names=names,
                               n_positive=args.positive, n_negative=args.negative,
                               window=tuple(args.window) if args.window else None, slice_index=args.slice)
@@ -149,6 +143,17 @@ def cmd_template(args: argparse.Namespace) -> int:
     print(f"wrote {out}: {len(template.landmarks)} landmarks, {len(template.labels)} labels, "
           f"{n_prompts} prompt points")
     return 0
+
+
+def _label_choice(args: argparse.Namespace) -> tuple[list[int] | None, dict[int, str] | None]:
+    """``--labels`` and ``--label-names`` of the template command, parsed."""
+    labels = None
+    if args.labels:
+        try:
+            labels = [int(v) for v in args.labels.split(",") if v.strip()]
+        except ValueError as exc:
+            raise MedshotError(f"--labels must be comma-separated integers, got '{args.labels}'") from exc
+    return labels, (_read_label_names(args.label_names) if args.label_names else None)
 
 
 def _read_label_names(path: str) -> dict[int, str]:

@@ -179,22 +179,29 @@ class Template:
             template.landmarks = read_landmarks_csv(landmarks_csv, image_name=Path(image_path).name)
         mask = template.mask
         if mask is not None:
-            present = sorted(set(np.unique(mask).tolist()) - {0})
-            if not present:
-                raise MedshotError("mask is empty (no label other than 0)", mask_path)
-            chosen = present if labels is None else list(labels)
-            for label in chosen:
-                if label not in present:
-                    raise MedshotError(f"label {label} is absent from the mask (present: "
-                                       f"{', '.join(map(str, present))})", mask_path)
-            names = label_names or {}
-            template.labels = {label: names.get(label, f"label {label}") for label in chosen}
+            template.labels = choose_labels(mask, labels, label_names, mask_path)
+            chosen = list(template.labels)
             template.prompts = [sample_prompts(mask == label, label, n_positive, n_negative) for label in chosen]
         elif labels:
             raise MedshotError("--labels needs --mask")
         del image
         template.validate()
         return template
+
+
+def choose_labels(mask: np.ndarray, labels: list[int] | None, label_names: dict[int, str] | None,
+                  mask_path: str | Path | None) -> dict[int, str]:
+    """The labels to use (all non-zero ones by default) with their names; one-line errors otherwise."""
+    present = sorted(set(np.unique(mask).tolist()) - {0})
+    if not present:
+        raise MedshotError("mask is empty (no label other than 0)", mask_path)
+    chosen = present if labels is None else list(labels)
+    for label in chosen:
+        if label not in present:
+            raise MedshotError(f"label {label} is absent from the mask (present: "
+                               f"{', '.join(map(str, present))})", mask_path)
+    names = label_names or {}
+    return {label: names.get(label, f"label {label}") for label in chosen}
 
 
 def sample_prompts(region: np.ndarray, label: int, n_positive: int = 5, n_negative: int = 4,

@@ -38,16 +38,10 @@ def template_json_is_volume(path: str | Path) -> bool:
 
 
 def cmd_template_3d(args: argparse.Namespace) -> int:
-    from ..cli import _read_label_names, _refuse_input_overwrite
+    from ..cli import _label_choice, _refuse_input_overwrite
     from .template3d import VolumeTemplate
 
-    labels = None
-    if args.labels:
-        try:
-            labels = [int(v) for v in args.labels.split(",") if v.strip()]
-        except ValueError as exc:
-            raise MedshotError(f"--labels must be comma-separated integers, got '{args.labels}'") from exc
-    names = _read_label_names(args.label_names) if args.label_names else None
+    labels, names = _label_choice(args)
     template = VolumeTemplate.build(args.image, args.mask, args.landmarks, labels=labels, label_names=names,
                                     window=tuple(args.window) if args.window else None)
     out = Path(args.out)

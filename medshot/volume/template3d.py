@@ -28,6 +28,7 @@ import numpy as np
 
 from ..errors import MedshotError
 from ..io import write_text_atomic
+from ..template import choose_labels
 from .io3d import Volume, load_label_volume, load_volume, volume_stem
 
 KIND = "volume"
@@ -170,16 +171,7 @@ class VolumeTemplate:
             template.landmarks = read_landmarks_csv_3d(landmarks_csv, vol, image_name=volume_stem(image_path))
         mask = template.mask
         if mask is not None:
-            present = sorted(set(np.unique(mask).tolist()) - {0})
-            if not present:
-                raise MedshotError("mask is empty (no label other than 0)", mask_path)
-            chosen = present if labels is None else list(labels)
-            for label in chosen:
-                if label not in present:
-                    raise MedshotError(f"label {label} is absent from the mask (present: "
-                                       f"{', '.join(map(str, present))})", mask_path)
-            names = label_names or {}
-            template.labels = {label: names.get(label, f"label {label}") for label in chosen}
+            template.labels = choose_labels(mask, labels, label_names, mask_path)
         elif labels:
             raise MedshotError("--labels needs --mask")
         template.validate()
