@@ -22,6 +22,15 @@ from .segment import Prompt, Segmenter, box_from_points, get_segmenter
 from .template import Template
 
 
+# A target/label whose score falls below this is flagged ``low_confidence`` for review (see README).
+LOW_CONFIDENCE_SCORE = 0.5
+
+
+def score_status(score: float) -> str:
+    """``"ok"`` or ``"low_confidence"`` for a score or landmark confidence in [0, 1]."""
+    return "ok" if score >= LOW_CONFIDENCE_SCORE else "low_confidence"
+
+
 @dataclass
 class LandmarkResult:
     name: str
