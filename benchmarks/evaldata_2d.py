@@ -1,17 +1,26 @@
-"""Benchmark: ``medshot evaluate`` on every 2D task of the shared evaldata, as one markdown table.
+"""Benchmark: ``medshot evaluate`` on every 2D task of the shared evaldata, leave-one-out, on one half of the subjects.
 
-Each task is evaluated with the first three images (sorted by name) in turn as template and all
-the other images as targets (``--templates 3 --template-choice first``), for medshot (classical
-backbone and segmenter, plus any backbone/segmenter asked for whose weights are present) and the
-identity, affine and B-spline atlas-registration baselines on the same pairs. The table gives the
-mean Dice (all labels pooled) per segmentation task, the median normalised landmark error (NED) per
-landmark task, the seconds per target and the B-spline-to-method time ratio, all measured in the
-same run. Per-task reports (cases.csv, summary.csv, report.html) stay under ``--out``; a rerun
-resumes them (``--restart`` starts over).
+Protocol (issue 9): every case of the chosen half is the template in turn and every other case of
+the same half is a target (``--templates all --split tune|report``). The halves deal each task's
+cases, sorted by name, alternately (one case per subject in these tasks): parameters are chosen on
+``tune`` and reported on ``report``. medshot (classical backbone and segmenter, plus any backbone
+or segmenter asked for whose weights are present) and the identity, affine, demons, B-spline and,
+when ``antspyx`` is installed, ANTs SyN registration baselines run on the same pairs in the same run.
+
+Per task and method the table gives
+
+- **Dice**: per target the mean over the labels in either mask (a label predicted where the truth
+  has none, or missed, counts 0), then the mean over all pairs;
+- **worst / median / best template**: the same mean per template, then its minimum, median and
+  maximum over the templates (the spread that depends on which image was annotated);
+- **AUC**: how well medshot's per-label ``score`` separates labels with Dice < 0.5 from the others
+  (ROC AUC; 0.5 = chance), and how many of the pairs' labels fall below 0.5;
+- for landmark tasks the median normalised landmark distance (NED) and its spread over templates;
+- seconds per target and the ratio B-spline seconds / method seconds, measured in the same run.
 
 Usage::
 
-    python benchmarks/evaldata_2d.py [--data ../shared/evaldata] [--max-targets N] > evaldata_2d.md
+    python benchmarks/evaldata_2d.py --split report --out /tmp/bench2d > table.md
 
 Skips (exit 0, one message) when the data folder is absent.
 """
@@ -24,7 +33,10 @@ import os
 import platform
 import sys
 import time
+from collections import defaultdict
 from pathlib import Path
+
+import numpy as np
 
 from medshot.errors import MedshotError
 from medshot.experiment import EvaluationConfig, parse_list, run_evaluation
@@ -34,9 +46,12 @@ TASKS = {
     "hippocampus": "mr_hippocampus_msd/slices2d",
     "openkbp_axial": "ct_headneck_oar_openkbp/slices2d_axial",
     "openkbp_sagittal": "ct_headneck_oar_openkbp/slices2d_sagittal",
+    "acdc": "cardiac_mri_sax_acdc",
+    "drishti": "fundus_opticdisc_cup_drishtigs",
     "ceph": "xray_ceph_landmarks_hamedan",
 }
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "evaldata"
+BASELINES = "identity,affine,demons,bspline,syn"
 
 
 def _read(path: Path) -> list[dict]:
@@ -44,31 +59,83 @@ def _read(path: Path) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
+def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """Probability that a random positive scores below a random negative (ties count half).
+
+    ``positive`` marks failures (Dice < 0.5); a good score is *low* on them, so 1.0 = perfect.
+    """
+    scores, positive = np.asarray(scores, float), np.asarray(positive, bool)
+    pos, neg = scores[positive], scores[~positive]
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    below = (pos[:, None] < neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    return float(below / (len(pos) * len(neg)))
+
+
+def target_dice(rows: list[dict]) -> dict[tuple[str, str, str], float]:
+    """(method, template, target) -> mean Dice over the labels present in the prediction or the truth."""
+    per: dict[tuple[str, str, str], list[float]] = defaultdict(list)
+    for r in rows:
+        if r["kind"] != "label" or r["dice"] == "":
+            continue
+        d = float(r["dice"])
+        if r["in_truth"] == "1" or d < 1.0:  # absent from both -> Dice 1 by convention: not "in either mask"
+            per[(r["method"], r["template"], r["target"])].append(d)
+    return {k: float(np.mean(v)) for k, v in per.items()}
+
+
+def spread(values: dict[tuple[str, str, str], float], method: str, reduce=np.mean) -> tuple[float, float, float]:
+    by_template: dict[str, list[float]] = defaultdict(list)
+    for (m, t, _), v in values.items():
+        if m == method:
+            by_template[t].append(v)
+    means = [float(reduce(v)) for v in by_template.values()]
+    if not means:
+        return (float("nan"),) * 3  # type: ignore[return-value]
+    return float(np.min(means)), float(np.median(means)), float(np.max(means))
+
+
 def task_rows(task: str, out: Path) -> list[dict]:
     """One table line per method of a finished task report."""
-    summary = {(r["metric"], r["method"]): r for r in _read(out / "summary.csv") if r["item"] == "all"}
+    rows = _read(out / "cases.csv")
     timing = {r["method"]: r for r in _read(out / "timing.csv")}
     bspline = float(timing["bspline"]["seconds_mean"]) if "bspline" in timing else None
+    per_target = target_dice(rows)
+    ned: dict[tuple[str, str, str], list[float]] = defaultdict(list)
+    for r in rows:
+        if r["kind"] == "landmark" and r["ned"] != "":
+            ned[(r["method"], r["template"], r["target"])].append(float(r["ned"]))
     lines = []
     for method, t in timing.items():
         seconds = float(t["seconds_mean"])
-        dice = summary.get(("dice", method))
-        ned = summary.get(("ned", method))
-        lines.append({
-            "task": task, "method": method, "cases": t["cases"],
-            "dice": f"{float(dice['mean']):.3f}" if dice else "",
-            "ned": f"{float(ned['median']):.4f}" if ned else "",
-            "seconds": f"{seconds:.2f}",
-            "ratio": f"{bspline / seconds:.2f}" if bspline and seconds > 0 else "",
-        })
+        line = {"task": task, "method": method, "pairs": t["cases"], "dice": "", "spread": "", "auc": "",
+                "ned": "", "ned_spread": "", "seconds": f"{seconds:.3f}",
+                "ratio": f"{bspline / seconds:.2f}" if bspline and seconds > 0 else ""}
+        values = [v for (m, _, _), v in per_target.items() if m == method]
+        if values:
+            line["dice"] = f"{np.mean(values):.3f}"
+            line["spread"] = " / ".join(f"{v:.3f}" for v in spread(per_target, method))
+            labels = [r for r in rows if r["method"] == method and r["kind"] == "label" and r["score"] != ""
+                      and (r["in_truth"] == "1" or float(r["dice"]) < 1.0)]
+            if labels:
+                fail = np.array([float(r["dice"]) < 0.5 for r in labels])
+                auc = roc_auc(np.array([float(r["score"]) for r in labels]), fail)
+                line["auc"] = f"{auc:.2f} ({fail.sum()}/{len(fail)} < 0.5)"
+        errors = {k: v for k, v in ned.items() if k[0] == method}
+        if errors:
+            line["ned"] = f"{np.median(np.concatenate(list(errors.values()))):.4f}"
+            flat = {k: float(np.median(v)) for k, v in errors.items()}
+            line["ned_spread"] = " / ".join(f"{v:.4f}" for v in spread(flat, method, np.median)[::-1])
+        lines.append(line)
     return lines
 
 
 def markdown(lines: list[dict]) -> str:
-    out = ["| task | method | pairs | mean Dice | median NED | s / target | bspline s ÷ method s |",
-           "|---|---|---:|---:|---:|---:|---:|"]
-    out += [f"| {r['task']} | {r['method']} | {r['cases']} | {r['dice']} | {r['ned']} | {r['seconds']} | "
-            f"{r['ratio']} |" for r in lines]
+    out = ["| task | method | pairs | mean Dice | template worst / median / best | score AUC (Dice<0.5) | "
+           "median NED | template worst / median / best NED | s / target | B-spline s ÷ method s |",
+           "|---|---|---:|---:|---|---|---:|---|---:|---:|"]
+    out += [f"| {r['task']} | {r['method']} | {r['pairs']} | {r['dice']} | {r['spread']} | {r['auc']} | {r['ned']} | "
+            f"{r['ned_spread']} | {r['seconds']} | {r['ratio']} |" for r in lines]
     return "\n".join(out)
 
 
@@ -78,10 +145,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="evaldata folder (default: $MEDSHOT_EVALDATA or ../shared/evaldata)")
     p.add_argument("--out", default="/tmp/medshot-evaldata-2d", help="folder for the per-task reports")
     p.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated subset of {', '.join(TASKS)}")
+    p.add_argument("--split", choices=["tune", "report", "all"], default="report",
+                   help="which half of each task's subjects (default: report)")
+    p.add_argument("--templates", default="all", help="all (leave-one-out, default) | first | K")
     p.add_argument("--max-targets", type=int, default=None, help="at most N targets per template (quick runs)")
     p.add_argument("--backbones", default="classical", help="medshot backbones (default: classical)")
     p.add_argument("--segmenters", default="classical", help="medshot segmenters (default: classical)")
-    p.add_argument("--baselines", default="identity,affine,bspline")
+    p.add_argument("--baselines", default=BASELINES, help=f"default: {BASELINES} (syn only with antspyx)")
     p.add_argument("--work-size", type=int, default=256)
     p.add_argument("--restart", action="store_true", help="discard earlier per-task reports instead of resuming")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -103,11 +173,11 @@ def main(argv: list[str] | None = None) -> int:
             continue
         config = EvaluationConfig(
             data=folder, out=Path(args.out) / task, backbones=parse_list(args.backbones),
-            segmenters=parse_list(args.segmenters), baselines=parse_list(args.baselines), templates="3",
-            template_choice="first", max_targets=args.max_targets, work_size=args.work_size, restart=args.restart,
-            progress=not args.quiet,
+            segmenters=parse_list(args.segmenters), baselines=parse_list(args.baselines), templates=args.templates,
+            template_choice="first", split=args.split, max_targets=args.max_targets, work_size=args.work_size,
+            restart=args.restart, progress=not args.quiet,
         )
-        print(f"[{task}] evaluating {folder}", file=sys.stderr)
+        print(f"[{task}] evaluating {folder} ({args.split} half)", file=sys.stderr)
         try:
             result = run_evaluation(config)
         except MedshotError as exc:
@@ -116,8 +186,8 @@ def main(argv: list[str] | None = None) -> int:
         skipped.update(f"{s.what} {s.name}: {s.reason}" for s in result.skipped)
         lines += task_rows(task, result.out)
     command = "python benchmarks/evaldata_2d.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    print(f"`{command.strip()}` — templates: first 3 images in turn, targets: all others"
-          + (f" (at most {args.max_targets} per template)" if args.max_targets else "")
+    print(f"`{command.strip()}` — {args.split} half, templates: {args.templates} (each in turn), targets: the "
+          "other cases of the same half" + (f" (at most {args.max_targets} per template)" if args.max_targets else "")
           + f"; work size {args.work_size}; {platform.machine()}, {os.cpu_count()} CPUs; "
           f"{time.perf_counter() - start:.0f} s in all (resumed cases keep their first timing)\n")
     print(markdown(lines))

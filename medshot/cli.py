@@ -94,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--templates", default="first", help="first | all (leave-one-out) | K (default: first)")
     p.add_argument("--template-choice", choices=["spread", "first"], default="spread",
                    help="how --templates K picks: spread evenly over the sorted cases, or the first K")
+    p.add_argument("--split", choices=["all", "tune", "report"], default="all",
+                   help="use one half of the cases (sorted by name, dealt alternately: tune = 1st, 3rd, ...; "
+                        "report = 2nd, 4th, ...) as templates and targets, so that parameters chosen on one "
+                        "half are reported on the other (default: all)")
     p.add_argument("--max-targets", type=int, default=None, help="at most N targets per template (quick runs)")
     p.add_argument("--work-size", type=int, default=256, help="longest side of the matching grid (pixels)")
     p.add_argument("--window", type=float, nargs=2, metavar=("LOW", "HIGH"), default=None,

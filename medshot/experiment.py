@@ -46,11 +46,12 @@ from .template import Landmark, Template, read_landmarks_csv
 MANIFEST_NAMES = ("manifest.csv", "manifest.json")
 CASES_HEADER = (
     "template", "target", "method", "kind", "item", "item_name", "in_truth", "dice", "hd95_px", "hd95_mm",
-    "ned", "distance_px", "distance_mm", "pred_x", "pred_y", "true_x", "true_y", "seconds", "peak_mem_mb",
+    "ned", "distance_px", "distance_mm", "pred_x", "pred_y", "true_x", "true_y", "score", "seconds", "peak_mem_mb",
 )
 # Settings that change a case's numbers: a rerun into the same folder must use the same ones.
-RESULT_SETTINGS = ("data", "work_size", "window")
+RESULT_SETTINGS = ("data", "work_size", "window", "split")
 TEMPLATE_CHOICES = ("spread", "first")
+SPLITS = ("all", "tune", "report")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -328,6 +329,21 @@ def _spacing_of(image) -> tuple[float, float] | None:
 # ------------------------------------------------------------------------------------------------
 
 
+def split_cases(names: Sequence[str], split: str = "all") -> list[str]:
+    """The cases of one half of a dataset, so that parameters chosen on one half are reported on the other.
+
+    Cases are sorted by name (one case per subject in every task of the development split) and
+    dealt alternately: positions 0, 2, 4, ... form the ``tune`` half, 1, 3, 5, ... the ``report``
+    half; ``all`` keeps every case.
+    """
+    names = sorted(names)
+    if split not in SPLITS:
+        raise MedshotError(f"--split must be one of {', '.join(SPLITS)}, got '{split}'")
+    if split == "all":
+        return names
+    return names[0::2] if split == "tune" else names[1::2]
+
+
 def select_templates(names: Sequence[str], spec: str = "first", choice: str = "spread") -> list[str]:
     """Which cases serve as templates.
 
@@ -380,7 +396,7 @@ class Skipped:
     """A requested backbone or segmenter that cannot run here, and why."""
 
     name: str
-    what: str  # "backbone" or "segmenter"
+    what: str  # "backbone", "segmenter" or "baseline"
     reason: str
 
 
@@ -400,7 +416,7 @@ def resolve_methods(backbones: Sequence[str], segmenters: Sequence[str], baselin
     ``"all"`` in ``backbones`` or ``segmenters`` asks for every registered one. Without masks the
     segmenter plays no part and medshot methods are named by backbone only.
     """
-    from .baselines import BASELINES
+    from .baselines import BASELINES, baseline_status
     from .features import backbone_entries
     from .segment import segmenter_names, segmenter_status
 
@@ -438,16 +454,24 @@ def resolve_methods(backbones: Sequence[str], segmenters: Sequence[str], baselin
     for name in baselines:
         if name not in BASELINES:
             raise MedshotError(f"unknown baseline '{name}'; known: {', '.join(BASELINES)} (or 'none')")
-        methods.append(Method(name, baseline=name))
+        ok, why = baseline_status(name)
+        if ok:
+            methods.append(Method(name, baseline=name))
+        else:
+            skipped.append(Skipped(name, "baseline", why))
     return methods, skipped
 
 
 def plan_cases(dataset: Dataset, templates: Sequence[str], methods: Sequence[Method],
-               max_targets: int | None = None) -> list[tuple[str, str, Method]]:
-    """Every (template, target, method) to run, in the order they run (template, method, target)."""
+               max_targets: int | None = None, split: str = "all") -> list[tuple[str, str, Method]]:
+    """Every (template, target, method) to run, in the order they run (template, method, target).
+
+    Targets are the other cases of the same ``split`` half as the templates.
+    """
     plan = []
+    pool = split_cases(dataset.names, split)
     for t in templates:
-        targets = [n for n in dataset.names if n != t]
+        targets = [n for n in pool if n != t]
         if max_targets is not None:
             targets = targets[: max(0, int(max_targets))]
         for m in methods:
@@ -485,12 +509,13 @@ def score_case(result, template: Template, target: Case, label_names: dict[int, 
             p, t = result.label_map == label, truth == label
             row = {"kind": "label", "item": label, "in_truth": int(label in target.labels),
                    "item_name": label_names.get(label) or template.labels.get(label, f"label {label}"),
-                   "dice": dice(p, t), "hd95_px": hd95(p, t)}
+                   "dice": dice(p, t), "hd95_px": hd95(p, t), "score": result.scores.get(label)}
             if target.spacing_yx is not None:
                 row["hd95_mm"] = hd95(p, t, target.spacing_yx)
             rows.append(row)
     if target.landmarks and result.landmarks:
         found = {lm.name: (lm.x, lm.y) for lm in result.landmarks}
+        found_confidence = {lm.name: lm.confidence for lm in result.landmarks}
         for lm in target.landmarks:
             if lm.name not in found:
                 continue
@@ -498,7 +523,8 @@ def score_case(result, template: Template, target: Case, label_names: dict[int, 
             row = {"kind": "landmark", "item": lm.name, "item_name": lm.name, "in_truth": 1,
                    "ned": float(normalized_distance(pred, true, target.shape)),
                    "distance_px": float(np.linalg.norm(pred - true)),
-                   "pred_x": pred[0], "pred_y": pred[1], "true_x": true[0], "true_y": true[1]}
+                   "pred_x": pred[0], "pred_y": pred[1], "true_x": true[0], "true_y": true[1],
+                   "score": found_confidence.get(lm.name)}
             if target.spacing_yx is not None:
                 row["distance_mm"] = float(np.hypot((pred[0] - true[0]) * target.spacing_yx[1],
                                                     (pred[1] - true[1]) * target.spacing_yx[0]))
@@ -661,6 +687,7 @@ class EvaluationConfig:
     baselines: list[str] = field(default_factory=lambda: ["identity", "affine", "bspline"])
     templates: str = "first"
     template_choice: str = "spread"
+    split: str = "all"
     max_targets: int | None = None
     work_size: int = 256
     window: tuple[float, float] | None = None
@@ -688,7 +715,7 @@ def run_evaluation(config: EvaluationConfig) -> EvaluationResult:
     from .report import ReportContext, write_report
 
     dataset = discover_dataset(config.data)
-    templates = select_templates(dataset.names, config.templates, config.template_choice)
+    templates = select_templates(split_cases(dataset.names, config.split), config.templates, config.template_choice)
     if dataset.has_masks:
         empty = [t for t in templates if not dataset.case(t).labels]
         if empty:
@@ -700,12 +727,12 @@ def run_evaluation(config: EvaluationConfig) -> EvaluationResult:
                            "for" + "".join(f"; {s.name}: {s.reason}" for s in skipped))
     if config.max_targets is not None and config.max_targets < 1:
         raise MedshotError(f"--max-targets must be at least 1, got {config.max_targets}")
-    plan = plan_cases(dataset, templates, methods, config.max_targets)
+    plan = plan_cases(dataset, templates, methods, config.max_targets, config.split)
     out = Path(config.out)
     if out.exists() and not out.is_dir():
         raise MedshotError("output path exists and is not a folder", out)
     settings = {"data": str(Path(config.data).resolve()), "work_size": int(config.work_size),
-                "window": list(config.window) if config.window else None}
+                "window": list(config.window) if config.window else None, "split": config.split}
     cases_path, run_path, predictions = out / "cases.csv", out / "run.json", out / "predictions"
     if config.restart:
         for p in (cases_path, run_path):
@@ -745,6 +772,7 @@ def run_evaluation(config: EvaluationConfig) -> EvaluationResult:
         settings={
             "dataset": str(dataset.root), "cases": str(len(dataset.cases)),
             "templates": f"{config.templates} ({config.template_choice}): {', '.join(templates)}",
+            "split": config.split,
             "targets per template": str(len(plan) // max(1, len(templates) * len(methods))),
             "work size": str(config.work_size), "window": str(config.window or "robust percentiles"),
         },
@@ -825,7 +853,8 @@ def run_from_args(args) -> int:
     config = EvaluationConfig(
         data=Path(args.data), out=Path(args.out), backbones=parse_list(args.backbones),
         segmenters=parse_list(args.segmenters), baselines=parse_list(args.baselines), templates=args.templates,
-        template_choice=args.template_choice, max_targets=args.max_targets, work_size=args.work_size,
+        template_choice=args.template_choice, split=args.split, max_targets=args.max_targets,
+        work_size=args.work_size,
         window=tuple(args.window) if args.window else None, restart=args.restart, progress=not args.quiet,
     )
     try:

@@ -1,7 +1,8 @@
 """One template -> landmarks and masks in any number of targets.
 
-``OneShot`` computes the template's features once; each target then costs one feature pass, one
-correspondence search and one segmenter call.
+``OneShot`` computes everything about the template once (working grid, descriptors, the rotated
+pose bank, the verifier); each target then costs one descriptor pass, a verified correspondence
+(:mod:`medshot.match.correspond`), landmark re-matching and one segmenter call.
 """
 
 from __future__ import annotations
@@ -12,15 +13,17 @@ from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
-from skimage.transform import resize
 
 from .errors import MedshotError
 from .features import Backbone, FeatureMap, get_backbone, l2_normalize
+from .features.classical import classical_features
 from .io import Image2D, load_image, normalize_intensity
-from .match import AlignOptions, Correspondence, align, match_points
+from .match import match_points
+from .match.correspond import Candidate, Correspondence, CorrespondOptions, TemplateSide, correspond
+from .match.geometry import grid_coords, pca_basis, project, resize_features, resize_image, scale_matrix
+from .match.verify import Verification
 from .segment import Prompt, Segmenter, box_from_points, get_segmenter
 from .template import Template
-
 
 # A target/label whose score falls below this is flagged ``low_confidence`` for review (see README).
 LOW_CONFIDENCE_SCORE = 0.5
@@ -50,6 +53,7 @@ class TargetResult:
     scores: dict[int, float] = field(default_factory=dict)
     seconds: float = 0.0
     correspondence_score: float = 0.0
+    correspondence: str = ""  # which candidate correspondence was chosen
 
     @property
     def landmarks_xy(self) -> np.ndarray:
@@ -58,22 +62,28 @@ class TargetResult:
 
 @dataclass
 class _Prepared:
-    """An image on the working grid with its features."""
+    """An image on the working grid with its descriptors (points here are (row, col))."""
 
     image: Image2D
     normalized: np.ndarray  # (H, W) in [0, 1], full resolution
     work: np.ndarray  # (h, w) in [0, 1], working grid
-    scale: tuple[float, float]  # working pixels per image pixel, (y, x)
-    features: FeatureMap  # on the working grid's pixel coordinates
-    reduced: np.ndarray  # (c, h, w) unit descriptors for dense alignment
+    features: FeatureMap | None  # the backbone's own map, in working-grid pixels
+    reduced: np.ndarray | None  # (c, h, w) unit descriptors on the working grid
 
-    def to_image(self, xy: np.ndarray) -> np.ndarray:
-        xy = np.asarray(xy, float).reshape(-1, 2)
-        return np.stack([(xy[:, 0] + 0.5) / self.scale[1] - 0.5, (xy[:, 1] + 0.5) / self.scale[0] - 0.5], 1)
+    @property
+    def to_work(self) -> np.ndarray:
+        """Image pixel (row, col) -> working-grid (row, col)."""
+        return scale_matrix(np.array(self.work.shape, float) / np.array(self.normalized.shape, float))
 
-    def to_work(self, xy: np.ndarray) -> np.ndarray:
+    def xy_to_work(self, xy: np.ndarray) -> np.ndarray:
         xy = np.asarray(xy, float).reshape(-1, 2)
-        return np.stack([(xy[:, 0] + 0.5) * self.scale[1] - 0.5, (xy[:, 1] + 0.5) * self.scale[0] - 0.5], 1)
+        f = np.array(self.work.shape, float) / np.array(self.normalized.shape, float)
+        return (xy[:, ::-1] + 0.5) * f - 0.5
+
+    def work_to_xy(self, rc: np.ndarray) -> np.ndarray:
+        rc = np.asarray(rc, float).reshape(-1, 2)
+        f = np.array(self.work.shape, float) / np.array(self.normalized.shape, float)
+        return ((rc + 0.5) / f - 0.5)[:, ::-1]
 
 
 class OneShot:
@@ -89,13 +99,14 @@ class OneShot:
     work_size, min_work_size : int
         Longest side (pixels) of the grid images are matched on: an image's own size clipped to
         this range (small images are upsampled to ``min_work_size``, large ones reduced to ``work_size``).
-    align_options : AlignOptions, optional
+    options : CorrespondOptions, optional
+        Pose search, refinement, verification and deformation settings.
     refine_landmarks : bool
-        Re-match each landmark's descriptor locally after the dense correspondence.
+        Re-match each landmark's descriptors locally after the dense correspondence.
     window : (low, high), optional
         Intensity window (e.g. CT HU) instead of robust percentiles; defaults to the template's.
     reduced_dims : int
-        Feature dimensions kept (by PCA on the template) for dense alignment.
+        Descriptor dimensions kept (by PCA on the template) for dense matching.
     context : float
         How much surrounding context the template region carries: margin around the annotations as a
         fraction of their extent (at least half that fraction of the image side).
@@ -103,7 +114,7 @@ class OneShot:
 
     def __init__(self, template: Template, backbone: str | Backbone = "classical",
                  segmenter: str | Segmenter = "classical", work_size: int = 256,
-                 align_options: AlignOptions | None = None, refine_landmarks: bool = True,
+                 options: CorrespondOptions | None = None, refine_landmarks: bool = True,
                  window: tuple[float, float] | None = None, reduced_dims: int = 16,
                  backbone_options: dict | None = None, context: float = 0.1, min_work_size: int = 128):
         self.template = template
@@ -116,16 +127,25 @@ class OneShot:
         self._segmenter: Segmenter | None = None if isinstance(segmenter, str) else segmenter
         self.work_size = int(work_size)
         self.min_work_size = int(min(min_work_size, work_size))
-        self.align_options = align_options or AlignOptions()
+        self.options = options or CorrespondOptions()
         self.refine_landmarks = refine_landmarks
         self.window = window if window is not None else template.window
         self.reduced_dims = reduced_dims
+        # A pixel-level backbone (the classical one) describes whatever grid it is given at that grid's
+        # scale, so the coarse search describes coarse images directly and gets context-sized descriptors.
+        self._pixel_level = bool(getattr(self.backbone, "pixel_level", False))
         self._basis: np.ndarray | None = None
         self._template = self._prepare(template.image, fit_basis=True)
-        self._roi = self._template_roi()
+        roi = self._template_roi()
+        # Describing the template again in each candidate's frame is what makes turned structures match;
+        # for a slow backbone its descriptors are resampled instead.
+        self._side = TemplateSide(self._template.work, self._template.reduced, roi, self._describe_coarse,
+                                  self._describe_dense if self._pixel_level else None, self.options)
 
-    def _work_side(self, side: int) -> int:
-        return int(np.clip(side, self.min_work_size, self.work_size))
+    def _work_shape(self, shape: tuple[int, int]) -> tuple[int, int]:
+        side = int(np.clip(max(shape), self.min_work_size, self.work_size))
+        f = side / max(shape)
+        return max(8, int(round(shape[0] * f))), max(8, int(round(shape[1] * f)))
 
     @property
     def segmenter(self) -> Segmenter:
@@ -133,63 +153,62 @@ class OneShot:
             self._segmenter = get_segmenter(self._segmenter_spec)  # type: ignore[arg-type]
         return self._segmenter
 
-    # -- preparation ----------------------------------------------------------------------------
+    # -- descriptors ----------------------------------------------------------------------------
+
+    def _backbone_map(self, image: np.ndarray) -> FeatureMap:
+        fmap = self.backbone(image)
+        if fmap.image_shape != image.shape[:2]:
+            raise MedshotError(f"backbone '{getattr(self.backbone, 'name', '?')}' described a {fmap.image_shape} "
+                               f"image but was given {image.shape}")
+        return fmap
+
+    def _reduce(self, fmap: FeatureMap, shape: tuple[int, int]) -> np.ndarray:
+        """Unit descriptors ``(c, *shape)`` of a map described in a frame of ``shape`` pixels."""
+        # Reduce on the backbone's own grid, then resample: a log-binned ViT map has thousands of channels,
+        # and bringing those to the working grid first would cost gigabytes.
+        reduced = FeatureMap(project(self._basis, fmap.data), fmap.stride_yx, fmap.offset_yx, fmap.image_shape)
+        if not (reduced.grid_shape == tuple(shape) and reduced.stride_yx == (1.0, 1.0)):
+            reduced = reduced.resampled(tuple(shape))
+        return l2_normalize(reduced.data, axis=0)
+
+    def _describe_dense(self, image: np.ndarray) -> np.ndarray:
+        return self._reduce(self._backbone_map(image), image.shape)
+
+    def _describe_coarse(self, image: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        if self._pixel_level:
+            return classical_features(resize_image(image, shape))
+        return resize_features(self._describe_dense(image), shape)
 
     def _prepare(self, image: Image2D, fit_basis: bool = False) -> _Prepared:
         normalized = normalize_intensity(image.array, self.window)
-        H, W = normalized.shape
-        f = self._work_side(max(H, W)) / max(H, W)
-        h, w = max(8, int(round(H * f))), max(8, int(round(W * f)))
-        work = resize(normalized, (h, w), order=1, anti_aliasing=f < 1, preserve_range=True).astype(np.float32)
-        given = normalized if getattr(self.backbone, "full_resolution_input", False) else work
-        fmap = self.backbone(given)
-        if fmap.image_shape != given.shape:
-            raise MedshotError(f"backbone '{getattr(self.backbone, 'name', '?')}' described a {fmap.image_shape} "
-                               f"image but was given {given.shape}")
-        if fmap.image_shape != (h, w):
-            fmap = fmap.rescaled((h, w))
-        # Reduce on the backbone's own grid, then resample: a log-binned ViT map has thousands of channels,
-        # and bringing those to the working grid first would cost gigabytes.
+        work = resize_image(normalized, self._work_shape(normalized.shape))
+        fmap = self._backbone_map(normalized if getattr(self.backbone, "full_resolution_input", False) else work)
+        if fmap.image_shape != work.shape:
+            fmap = fmap.rescaled(work.shape)
         if fit_basis:
-            self._basis = self._fit_basis(fmap.data)
-        data = fmap.data if self._basis is None else np.tensordot(self._basis, fmap.data, axes=(1, 0))
-        reduced = FeatureMap(l2_normalize(data, axis=0), fmap.stride_yx, fmap.offset_yx, fmap.image_shape)
-        if not (reduced.grid_shape == (h, w) and reduced.stride_yx == (1.0, 1.0)):
-            reduced = reduced.resampled((h, w))
-        return _Prepared(image, normalized, work, (h / H, w / W), fmap, l2_normalize(reduced.data, axis=0))
-
-    def _fit_basis(self, data: np.ndarray) -> np.ndarray | None:
-        C = data.shape[0]
-        if C <= self.reduced_dims or self.reduced_dims <= 0:
-            return None
-        x = data.reshape(C, -1)
-        step = max(1, x.shape[1] // 20000)
-        x = x[:, ::step]
-        x = x - x.mean(axis=1, keepdims=True)
-        u, _, _ = np.linalg.svd(x @ x.T)
-        return u[:, : self.reduced_dims].T.astype(np.float32)
+            self._basis = pca_basis(fmap.data, self.reduced_dims)
+        return _Prepared(image, normalized, work, fmap, self._reduce(fmap, work.shape))
 
     def _template_roi(self) -> np.ndarray:
         """Working-grid region of the template whose correspondence matters: annotations plus context."""
         t = self._template
         h, w = t.work.shape
-        pts = [t.to_work(self.template.landmarks_xy)]
+        pts = [t.xy_to_work(self.template.landmarks_xy)]
         for p in self.template.prompts:
-            pts += [t.to_work(p.positive), t.to_work(p.negative)]
+            pts += [t.xy_to_work(p.positive), t.xy_to_work(p.negative)]
         mask = self.template.mask
         if mask is not None:
-            ys, xs = np.nonzero(mask)
-            pts.append(t.to_work(np.array([[xs.min(), ys.min()], [xs.max(), ys.max()]], float)))
+            rows, cols = np.nonzero(mask)
+            pts.append(t.xy_to_work(np.array([[cols.min(), rows.min()], [cols.max(), rows.max()]], float)))
         pts = np.vstack(pts) if pts else np.zeros((0, 2))
         roi = np.zeros((h, w), bool)
         if len(pts) == 0:
             roi[:] = True
             return roi
-        x0, y0 = pts.min(0)
-        x1, y1 = pts.max(0)
-        mx = max(self.context * (x1 - x0), 0.5 * self.context * w)
-        my = max(self.context * (y1 - y0), 0.5 * self.context * h)
-        roi[int(max(0, y0 - my)): int(min(h, y1 + my + 1)), int(max(0, x0 - mx)): int(min(w, x1 + mx + 1))] = True
+        (r0, c0), (r1, c1) = pts.min(0), pts.max(0)
+        mr = max(self.context * (r1 - r0), 0.5 * self.context * h)
+        mc = max(self.context * (c1 - c0), 0.5 * self.context * w)
+        roi[int(max(0, r0 - mr)): int(min(h, r1 + mr + 1)), int(max(0, c0 - mc)): int(min(w, c1 + mc + 1))] = True
         return roi
 
     # -- per target -----------------------------------------------------------------------------
@@ -207,8 +226,11 @@ class OneShot:
 
     def correspond(self, target: str | Path | Image2D | np.ndarray) -> tuple[_Prepared, Correspondence]:
         prepared = self._prepare(self.load(target))
-        corr = align(self._template.reduced, self._roi, prepared.reduced, self.align_options)
-        return prepared, corr
+        coarse = None
+        if self._pixel_level:
+            def coarse(shape):
+                return self._describe_coarse(prepared.work, shape)
+        return prepared, correspond(self._side, prepared.work, prepared.reduced, coarse)
 
     def localize(self, target) -> TargetResult:
         return self.run(target, landmarks=True, masks=False)
@@ -219,8 +241,8 @@ class OneShot:
     def run(self, target, landmarks: bool = True, masks: bool = True, baseline: str | None = None) -> TargetResult:
         """Landmarks and/or label map for one target (array or path).
 
-        With ``baseline`` (``"identity"``, ``"affine"`` or ``"bspline"``) the correspondence comes from
-        SimpleITK atlas registration of the same working images instead, and the template's mask and
+        With ``baseline`` (one of :data:`medshot.baselines.BASELINES`) the correspondence comes from
+        atlas registration of the same working images instead, and the template's mask and
         landmarks are carried through it unchanged (no segmenter, no descriptor refinement): the
         reference rows of every benchmark.
         """
@@ -228,25 +250,8 @@ class OneShot:
         if baseline is None:
             prepared, corr = self.correspond(target)
         else:
-            from .baselines import register
-
-            image = self.load(target)
-            normalized = normalize_intensity(image.array, self.window)
-            H, W = normalized.shape
-            # Registration runs at the image's own resolution, capped at the working size: upsampling a
-            # small image would only slow the baseline down.
-            f = min(self.work_size, max(H, W)) / max(H, W)
-            h, w = max(8, int(round(H * f))), max(8, int(round(W * f)))
-            work = resize(normalized, (h, w), order=1, anti_aliasing=f < 1, preserve_range=True).astype(np.float32)
-            prepared = _Prepared(image, normalized, work, (h / H, w / W), None, None)  # type: ignore[arg-type]
-            t_norm = self._template.normalized
-            Ht, Wt = t_norm.shape
-            ft = min(self.work_size, max(Ht, Wt)) / max(Ht, Wt)
-            t_work = resize(t_norm, (max(8, int(round(Ht * ft))), max(8, int(round(Wt * ft)))), order=1,
-                            anti_aliasing=ft < 1, preserve_range=True).astype(np.float32)
-            corr = register(t_work, work, baseline)
-            corr = _rescale_correspondence(corr, t_work.shape, self._template.work.shape)
-        result = TargetResult(prepared.image, correspondence_score=corr.score)
+            prepared, corr = self._baseline(target, baseline)
+        result = TargetResult(prepared.image, correspondence_score=corr.score, correspondence=corr.chosen.name)
         if landmarks and self.template.landmarks:
             result.landmarks = self._landmarks(prepared, corr, refine=self.refine_landmarks and baseline is None)
         if masks and (self.template.prompts or self.template.mask is not None):
@@ -257,20 +262,49 @@ class OneShot:
         result.seconds = time.perf_counter() - start
         return result
 
+    def _baseline(self, target, baseline: str) -> tuple[_Prepared, Correspondence]:
+        from .baselines import register
+
+        image = self.load(target)
+        normalized = normalize_intensity(image.array, self.window)
+        # Registration runs at the image's own resolution, capped at the working size: upsampling a
+        # small image would only slow the baseline down.
+        def own(shape):
+            f = min(self.work_size, max(shape)) / max(shape)
+            return max(8, int(round(shape[0] * f))), max(8, int(round(shape[1] * f)))
+
+        work = resize_image(normalized, own(normalized.shape))
+        t_norm = self._template.normalized
+        t_work = resize_image(t_norm, own(t_norm.shape))
+        backward, matrix = register(t_work, work, baseline)
+        # registered template grid -> the template's working grid
+        S = scale_matrix(np.array(self._template.work.shape, float) / np.array(t_work.shape, float))
+        backward = np.stack([(backward[k] + 0.5) * S[k, k] - 0.5 for k in range(2)])
+        matrix = matrix @ np.linalg.inv(S)
+        chosen = Candidate(baseline, matrix, Verification(0.0, 0.0, 0.0))
+        return _Prepared(image, normalized, work, None, None), Correspondence(backward, matrix, chosen, [chosen])
+
+    def _warped_template_map(self, prepared: _Prepared, corr: Correspondence) -> FeatureMap:
+        """The template seen through the correspondence: described on the target's working grid."""
+        data, _ = self._side.at(corr.backward)
+        return FeatureMap(data, (1.0, 1.0), (0.0, 0.0), prepared.work.shape)
+
     def _landmarks(self, prepared: _Prepared, corr: Correspondence, refine: bool) -> list[LandmarkResult]:
         t = self._template
-        template_xy = t.to_work(self.template.landmarks_xy)
-        initial = corr.forward(template_xy)
+        carried = corr.forward(t.xy_to_work(self.template.landmarks_xy))  # target working (row, col)
         h, w = prepared.work.shape
         diag = float(np.hypot(h, w))
         if refine:
-            m = match_points(t.features, prepared.features, template_xy, initial_xy=initial,
+            target_map = FeatureMap(prepared.reduced, (1.0, 1.0), (0.0, 0.0), prepared.work.shape)
+            warped = self._warped_template_map(prepared, corr)
+            start_xy = carried[:, ::-1]
+            m = match_points(warped, target_map, start_xy, initial_xy=start_xy,
                              radius=self.search_radius * diag, prior_sigma=self.prior_sigma * diag,
                              patch_radius=self.patch_radius)
-            xy, conf, mutual = m.xy, m.confidence, m.mutual
+            rc, conf, mutual = m.xy[:, ::-1], m.confidence, m.mutual
         else:
-            xy, conf, mutual = initial, np.full(len(initial), max(0.0, corr.score)), np.ones(len(initial), bool)
-        xy_img = prepared.to_image(xy)
+            rc, conf, mutual = carried, np.full(len(carried), max(0.0, corr.score)), np.ones(len(carried), bool)
+        xy_img = prepared.work_to_xy(rc)
         return [LandmarkResult(lm.name, float(p[0]), float(p[1]), float(c), bool(mu))
                 for lm, p, c, mu in zip(self.template.landmarks, xy_img, conf, mutual)]
 
@@ -287,8 +321,8 @@ class OneShot:
             pts = next((p for p in self.template.prompts if p.label == label), None)
             pos = neg = np.zeros((0, 2))
             if pts is not None:
-                pos = prepared.to_image(corr.forward(t.to_work(pts.positive)))
-                neg = prepared.to_image(corr.forward(t.to_work(pts.negative)))
+                pos = prepared.work_to_xy(corr.forward(t.xy_to_work(pts.positive)))
+                neg = prepared.work_to_xy(corr.forward(t.xy_to_work(pts.negative)))
             region = None if coarse is None else coarse == label
             if region is not None and region.any():
                 pos = _points_where(pos, region, inside=True)
@@ -308,20 +342,17 @@ class OneShot:
         t = self._template
         H, W = prepared.normalized.shape
         h, w = prepared.work.shape
-        ys = (np.arange(H) + 0.5) * prepared.scale[0] - 0.5
-        xs = (np.arange(W) + 0.5) * prepared.scale[1] - 0.5
-        yy, xx = np.meshgrid(np.clip(ys, 0, h - 1), np.clip(xs, 0, w - 1), indexing="ij")
-        by = ndimage.map_coordinates(corr.backward_yx[0], [yy, xx], order=1, mode="nearest")
-        bx = ndimage.map_coordinates(corr.backward_yx[1], [yy, xx], order=1, mode="nearest")
-        # working-grid template coordinates -> template image pixels
-        ty = (by + 0.5) / t.scale[0] - 0.5
-        tx = (bx + 0.5) / t.scale[1] - 0.5
+        # target image pixel -> target working -> (backward) template working -> template image pixel
+        at_work = np.clip(grid_coords(prepared.to_work, (H, W)), 0, np.array([h - 1, w - 1])[:, None, None])
+        back = np.stack([ndimage.map_coordinates(c, at_work, order=1, mode="nearest") for c in corr.backward])
+        to_image = np.linalg.inv(t.to_work)
+        src = np.stack([back[0] * to_image[0, 0] + to_image[0, 2], back[1] * to_image[1, 1] + to_image[1, 2]])
         out = np.zeros((H, W), np.int32)
         for label in np.unique(template_mask):
             if label == 0:
                 continue
             # Linear interpolation of each label's indicator gives smoother edges than nearest labels.
-            p = ndimage.map_coordinates((template_mask == label).astype(np.float32), [ty, tx], order=1,
+            p = ndimage.map_coordinates((template_mask == label).astype(np.float32), src, order=1,
                                         mode="constant", cval=0.0)
             out[p > 0.5] = label
         return out
@@ -336,13 +367,3 @@ def _points_where(points_xy: np.ndarray, region: np.ndarray, inside: bool) -> np
     inb = (points_xy[:, 0] >= 0) & (points_xy[:, 0] <= W - 1) & (points_xy[:, 1] >= 0) & (points_xy[:, 1] <= H - 1)
     keep = inb & (region[iy, ix] == inside)
     return points_xy[keep]
-
-
-def _rescale_correspondence(corr: Correspondence, registered_shape: tuple[int, int],
-                            template_work_shape: tuple[int, int]) -> Correspondence:
-    """Express a correspondence computed on a differently-sized template grid in the template's working grid."""
-    fy = template_work_shape[0] / registered_shape[0]
-    fx = template_work_shape[1] / registered_shape[1]
-    backward = np.stack([(corr.backward_yx[0] + 0.5) * fy - 0.5, (corr.backward_yx[1] + 0.5) * fx - 0.5])
-    S = np.array([[fx, 0, 0.5 * fx - 0.5], [0, fy, 0.5 * fy - 0.5], [0, 0, 1.0]])
-    return Correspondence(backward, corr.affine @ np.linalg.inv(S), corr.score)

@@ -67,6 +67,10 @@ def test_template_features_are_computed_once(phantom, monkeypatch):
     template._image = medshot.Image2D(phantom.image)
     template.landmarks = [medshot.Landmark("a", *phantom.landmarks_xy[0])]
     shot = medshot.OneShot(template, backbone=Counting())
+    # The template's working image once, then once per orientation of the pose bank; all of it up front.
+    assert calls[0] == phantom.image.shape
+    assert len(calls) == 1 + len(shot._side.bank.angles)
+    before = len(calls)
     for seed in (1, 2):
         shot.localize(random_warp(phantom, seed=seed)[0].image)
-    assert len(calls) == 3  # template once + one per target
+    assert len(calls) == before + 2  # one descriptor pass per target

@@ -61,6 +61,9 @@ class ClassicalBackbone:
     """
 
     name = "classical"
+    # Descriptors at stride 1 of whatever grid it is given, at that grid's scale: given a coarse image
+    # it describes context-sized structure (used by the global pose search).
+    pixel_level = True
 
     def __init__(self, scales=DEFAULT_SCALES, mind_distances=(2, 4)):
         self.scales = tuple(float(s) for s in scales)

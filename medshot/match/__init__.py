@@ -1,9 +1,12 @@
-"""Correspondence between template and target: dense alignment and point matches."""
+"""Correspondence between template and target: pose search, verification, refinement, point matches."""
 
-from .align import AlignOptions, Correspondence, align, apply_affine
+from .correspond import Candidate, Correspondence, CorrespondOptions, TemplateSide, correspond
 from .points import PointMatches, match_points, similarity_maps, subpixel_peak
+from .refine import RefineOptions
+from .search import SearchOptions
+from .verify import Verification, Verifier
 
 __all__ = [
-    "AlignOptions", "Correspondence", "PointMatches", "align", "apply_affine", "match_points",
-    "similarity_maps", "subpixel_peak",
+    "Candidate", "CorrespondOptions", "Correspondence", "PointMatches", "RefineOptions", "SearchOptions",
+    "TemplateSide", "Verification", "Verifier", "correspond", "match_points", "similarity_maps", "subpixel_peak",
 ]

@@ -21,9 +21,10 @@ def register_segmenter(name: str, factory: Callable[..., Segmenter],
 def _load_plugins() -> None:
     if "classical" in _SEGMENTERS:
         return
-    from .classical import ClassicalSegmenter
+    from .classical import CarriedSegmenter, ClassicalSegmenter
 
     register_segmenter("classical", lambda **kw: ClassicalSegmenter(**kw))
+    register_segmenter("carried", lambda **kw: CarriedSegmenter(**kw))
     import importlib
 
     try:

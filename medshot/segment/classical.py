@@ -19,6 +19,20 @@ from skimage.transform import resize
 from .base import Prompt, Segmentation, box_from_mask, box_from_points
 
 
+FALLBACK_SCORE_FACTOR = 0.5  # score of a carried mask kept because the walker failed
+
+
+class CarriedSegmenter:
+    """No refinement: each label is the template's mask carried through the correspondence."""
+
+    name = "carried"
+
+    def segment(self, image: np.ndarray, prompts: list[Prompt]) -> list[Segmentation]:
+        shape = np.shape(image)[:2]
+        return [Segmentation(p.label, np.zeros(shape, bool) if p.mask is None else np.asarray(p.mask, bool),
+                             1.0 if p.mask is not None and np.any(p.mask) else 0.0) for p in prompts]
+
+
 class ClassicalSegmenter:
     """Random-walker segmenter driven by points, an optional box and an optional coarse mask.
 
@@ -50,8 +64,18 @@ class ClassicalSegmenter:
         image = np.asarray(image, dtype=np.float32)
         if image.ndim == 3:
             image = image.mean(axis=2)
-        results = [self._segment_one(image, p) for p in prompts]
+        results = [self._segment_safely(image, p) for p in prompts]
         return _resolve_overlaps(results)
+
+    def _segment_safely(self, image: np.ndarray, prompt: Prompt) -> tuple[Segmentation, np.ndarray | None]:
+        """One label; should the walker fail on it, the carried mask stands, with a halved score."""
+        try:
+            return self._segment_one(image, prompt)
+        except Exception as exc:  # noqa: BLE001 - one label's failure must not lose the target
+            warnings.warn(f"random walker failed for label {prompt.label} ({type(exc).__name__}: {exc}); "
+                          "kept the carried mask", RuntimeWarning, stacklevel=2)
+            mask = np.zeros(image.shape, bool) if prompt.mask is None else np.asarray(prompt.mask, bool)
+            return Segmentation(prompt.label, mask, FALLBACK_SCORE_FACTOR * float(mask.any())), None
 
     # ------------------------------------------------------------------------------------------
 
@@ -138,7 +162,8 @@ class ClassicalSegmenter:
             warnings.simplefilter("ignore")
             prob = random_walker(stack, seeds, beta=self.beta, mode="bf" if sh * sw <= 40000 else "cg_j",
                                  return_full_prob=True, channel_axis=-1, tol=1e-3)[0]
-        prob = np.nan_to_num(prob, nan=0.0)
+        # random_walker returns a boolean map when the seeds leave nothing undecided (real CT slices do).
+        prob = np.nan_to_num(np.asarray(prob, np.float32), nan=0.0)
         full_prob = resize(prob, (h, w), order=1, preserve_range=True)
         mask_roi = full_prob > 0.5
         mask_roi = _keep_seeded_components(mask_roi, pos - [rx0, ry0], coarse[roi] if coarse is not None else None)

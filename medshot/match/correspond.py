@@ -1,0 +1,190 @@
+"""A verified correspondence between a template and a target.
+
+1. **Candidates.** No motion (the template's grid laid on the target's), a plain intensity-based
+   affine (mutual information), and the best distinct placements of the full-pose descriptor
+   search (:mod:`.search`), each refined by robust affine fits to block matches (:mod:`.refine`).
+2. **Verification.** Every candidate is scored by one criterion that none of the searches
+   optimised (:mod:`.verify`); the best is kept. A descriptor search that locks onto the wrong
+   thing therefore cannot do worse than not moving at all, unless the evidence says so.
+3. **Deformation** of the chosen affine, by descriptor block matching or by demons.
+
+The :class:`Correspondence` keeps every candidate's verification: how much the candidates agree
+is part of how confident the result is.
+
+Coordinates are array order (row, col) on the two working grids; see :mod:`medshot.match.geometry`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage
+
+from .geometry import apply_affine, grid_coords, informativeness, resize_features, scale_matrix
+from .refine import DescribeDense, RefineOptions, TargetLevel, deform, plausible, refine_affine, template_sampler
+from .search import Describe, PoseBank, SearchOptions, build_bank, search
+from .verify import Verification, Verifier
+
+
+@dataclass
+class CorrespondOptions:
+    """What :func:`correspond` tries and how (defaults chosen on the tune half of the development data)."""
+
+    search: SearchOptions = field(default_factory=SearchOptions)
+    refine: RefineOptions = field(default_factory=RefineOptions)
+    verify_side: int = 128
+    identity: bool = True  # no motion is always a candidate
+    intensity: bool = True  # so is a mutual-information affine
+    deformation: str = "features"  # "features", "demons" or "none"
+
+
+@dataclass
+class Candidate:
+    """One candidate affine (template working -> target working, array order) and its verification."""
+
+    name: str
+    matrix: np.ndarray
+    verification: Verification
+
+
+@dataclass
+class Correspondence:
+    """Where each target working pixel comes from in the template, and how the choice was made.
+
+    Attributes
+    ----------
+    backward : ndarray (2, H, W)
+        For each target working pixel (row, col), its template working position (row, col).
+    matrix : ndarray (3, 3)
+        The chosen affine, template working (row, col, 1) -> target working.
+    chosen : Candidate
+    candidates : list of Candidate
+        Every candidate that was verified, best first.
+    """
+
+    backward: np.ndarray
+    matrix: np.ndarray
+    chosen: Candidate
+    candidates: list[Candidate] = field(default_factory=list)
+
+    @property
+    def score(self) -> float:
+        return self.chosen.verification.score
+
+    def forward(self, points: np.ndarray) -> np.ndarray:
+        """Template working points ``(N, 2)`` (row, col) -> target working points, inverting the backward map."""
+        return invert_field(self.backward, points, apply_affine(self.matrix, points))
+
+
+def invert_field(backward: np.ndarray, points: np.ndarray, guess: np.ndarray, iterations: int = 10) -> np.ndarray:
+    """Solve ``backward(t) = p`` for every point by damped Newton steps from ``guess`` (all ``(N, 2)``)."""
+    p = np.asarray(points, np.float64).reshape(-1, 2)
+    t = np.asarray(guess, np.float64).reshape(-1, 2).copy()
+    if len(p) == 0:
+        return t
+    H, W = backward.shape[1:]
+    hi = np.array([H - 1, W - 1], float)
+
+    def at(q):
+        q = np.clip(q, 0, hi)
+        return np.stack([ndimage.map_coordinates(c, q.T, order=1, mode="nearest") for c in backward], 1)
+
+    for _ in range(iterations):
+        f = at(t)
+        r = p - f
+        if np.all(np.hypot(r[:, 0], r[:, 1]) < 1e-3):
+            break
+        J = np.stack([at(t + [1.0, 0.0]) - f, at(t + [0.0, 1.0]) - f], axis=2)  # (N, 2 outputs, 2 inputs)
+        det = J[:, 0, 0] * J[:, 1, 1] - J[:, 0, 1] * J[:, 1, 0]
+        ok = np.abs(det) > 1e-9
+        step = np.zeros_like(t)
+        inv = np.stack([np.stack([J[:, 1, 1], -J[:, 0, 1]], 1), np.stack([-J[:, 1, 0], J[:, 0, 0]], 1)], 1)
+        step[ok] = np.einsum("nij,nj->ni", inv[ok], r[ok]) / det[ok, None]
+        t = t + np.clip(step, -20, 20)
+    return t
+
+
+class TemplateSide:
+    """Everything about the template that every target reuses: computed once.
+
+    Parameters
+    ----------
+    image : ndarray (h, w)
+        The template on its working grid, in [0, 1].
+    features : ndarray (C, h, w)
+        Its unit descriptors on that grid.
+    roi : ndarray (h, w) bool
+        The region whose correspondence matters (annotations and some context).
+    describe_coarse : callable
+        Descriptors of an image at the coarse search level (see :mod:`.search`).
+    describe : callable, optional
+        Dense descriptors of an image on its own grid. Given, the template is resampled into each
+        candidate's frame and described again there; without it its descriptors are resampled.
+    """
+
+    def __init__(self, image: np.ndarray, features: np.ndarray, roi: np.ndarray, describe_coarse: Describe,
+                 describe: DescribeDense | None = None, options: CorrespondOptions | None = None):
+        self.options = options or CorrespondOptions()
+        self.image = np.asarray(image, np.float32)
+        self.features = features
+        self.roi = np.asarray(roi, bool)
+        self.weight = self.roi * (0.1 + 0.9 * informativeness(features))
+        self.bank: PoseBank = build_bank(self.image, self.roi, describe_coarse, self.options.search)
+        self.verifier = Verifier(self.image, self.weight, self.options.verify_side)
+        self.at = template_sampler(self.image, self.roi, features, describe)
+
+
+def correspond(template: TemplateSide, target: np.ndarray, target_features: np.ndarray,
+               describe_target: Callable[[tuple[int, int]], np.ndarray] | None = None) -> Correspondence:
+    """The verified correspondence from ``template`` to a target on its working grid.
+
+    Parameters
+    ----------
+    target : ndarray (H, W)
+        The target on its working grid, in [0, 1].
+    target_features : ndarray (C, H, W)
+        Its unit descriptors (same dimensions as the template's).
+    describe_target : callable, optional
+        The target's descriptors on a coarse grid of a given shape, for the pose search (the same
+        descriptor function the template's bank was made with); by default ``target_features``
+        resampled.
+    """
+    options = template.options
+    verify = template.verifier
+    candidates: list[Candidate] = []
+
+    def add(name: str, matrix: np.ndarray) -> None:
+        if plausible(matrix, scale_range=(0.1, 10.0)):
+            candidates.append(Candidate(name, matrix, verify(target, matrix)))
+
+    if options.identity:
+        add("identity", scale_matrix(np.array(target.shape, float) / np.array(template.image.shape, float)))
+    if options.intensity:
+        from .intensity import intensity_affine
+
+        add("intensity affine", intensity_affine(template.image, target))
+    level = TargetLevel(target_features, options.refine.affine_side)
+    if describe_target is None:
+        def describe_target(shape):
+            return resize_features(target_features, shape)
+    for i, pose in enumerate(search(template.bank, target.shape, describe_target, options.search)):
+        add(f"placement {i + 1} ({pose.angle:+.0f} deg, x{pose.scale:.2f})",
+            refine_affine(template.at, level, pose.matrix, options.refine))
+    if not candidates:  # every candidate implausible: fall back to no motion, whatever it scores
+        M = scale_matrix(np.array(target.shape, float) / np.array(template.image.shape, float))
+        candidates.append(Candidate("identity", M, verify(target, M)))
+    candidates.sort(key=lambda c: -c.verification.score)
+    chosen = candidates[0]
+    if options.deformation == "features":
+        level = TargetLevel(target_features, options.refine.deform_side) \
+            if options.refine.deform_side != options.refine.affine_side else level
+        backward = deform(template.at, level, chosen.matrix, options.refine, target.shape)
+    elif options.deformation == "demons":
+        from .intensity import demons_backward
+
+        backward = demons_backward(template.image, target, chosen.matrix)
+    else:
+        backward = grid_coords(np.linalg.inv(chosen.matrix), target.shape)
+    return Correspondence(backward, chosen.matrix, chosen, candidates)

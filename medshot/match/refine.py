@@ -1,0 +1,187 @@
+"""Local refinement of a placement: block matching, a robust affine fit, then a smooth deformation.
+
+Both steps run in the *target's* frame: the template image is resampled onto the target's grid
+through the current placement and described again there, so a structure turned by 90 degrees is
+compared with descriptors turned with it (descriptors are not rotation-invariant); what is left
+to find is a small residual motion.
+
+Coordinates are array order (row, col); see :mod:`medshot.match.geometry`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from ..features.base import l2_normalize
+from .geometry import grid_coords, inside, level_shape, resample_field, resize_features, scale_matrix, warp_channels
+
+# image (h, w) in [0, 1] -> (C, h, w) unit descriptors on the same grid
+DescribeDense = Callable[[np.ndarray], np.ndarray]
+# template positions (2, H, W) -> the template described there (C, H, W), and where its region lies (H, W)
+TemplateAt = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass
+class RefineOptions:
+    """Knobs of the local refinement (sides are longest sides of the grids they run on)."""
+
+    affine_side: int = 128
+    affine_radius: int = 3  # block-matching search radius, pixels of the affine level
+    affine_iterations: int = 3
+    deform_side: int = 128
+    deform_iterations: int = 5
+    deform_radius: int = 2  # per iteration; iterations compound
+    smoothing: float = 0.04  # Gaussian sigma of the displacement field, fraction of the level's side
+    patch_size: int = 5
+
+
+def block_match(warped: np.ndarray, target: np.ndarray, valid: np.ndarray, radius: int,
+                patch_size: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """Per target pixel t, the shift d (|d| <= radius) maximising patch similarity of warped(t) and target(t+d).
+
+    Parameters
+    ----------
+    warped, target : ndarray (C, H, W)
+        Unit descriptors on the same grid.
+    valid : ndarray (H, W) bool
+        Where ``warped`` holds the template's region.
+
+    Returns
+    -------
+    d : ndarray (2, H, W)
+        Shifts (rows, cols), sub-pixel.
+    confidence : ndarray (H, W)
+        Margin of the best score over the best shift at least 2 pixels away (zero outside ``valid``):
+        along an edge the displacement is ambiguous (aperture problem) and the runner-up scores
+        almost as high, so such matches get about no weight.
+    """
+    C, H, W = target.shape
+    pad = radius
+    tp = np.pad(target, ((0, 0), (pad, pad), (pad, pad)), mode="edge")
+    shifts = [(dy, dx) for dy in range(-radius, radius + 1) for dx in range(-radius, radius + 1)]
+    scores = np.empty((len(shifts), H, W), np.float32)
+    for i, (dy, dx) in enumerate(shifts):
+        s = np.einsum("chw,chw->hw", warped, tp[:, pad + dy: pad + dy + H, pad + dx: pad + dx + W])
+        scores[i] = ndimage.uniform_filter(s, patch_size, mode="nearest")
+    best = np.argmax(scores, axis=0)
+    peak = np.take_along_axis(scores, best[None], 0)[0]
+    sh = np.array(shifts, dtype=np.float64)
+    far = (np.abs(sh[:, 0, None, None] - sh[best, 0]) >= 2) | (np.abs(sh[:, 1, None, None] - sh[best, 1]) >= 2)
+    runner_up = np.where(far, scores, -np.inf).max(axis=0)
+    conf = np.maximum(peak - runner_up, 0.0) * valid
+    d = np.stack([sh[best, 0], sh[best, 1]])
+    side = 2 * radius + 1
+    for axis, (b, step) in enumerate(((best // side, side), (best % side, 1))):
+        lo_ok, hi_ok = b > 0, b < side - 1
+        s_lo = np.take_along_axis(scores, np.where(lo_ok, best - step, best)[None], 0)[0]
+        s_hi = np.take_along_axis(scores, np.where(hi_ok, best + step, best)[None], 0)[0]
+        denom = s_lo - 2 * peak + s_hi
+        off = np.where((denom < -1e-9) & lo_ok & hi_ok, 0.5 * (s_lo - s_hi) / np.where(denom == 0, 1, denom), 0.0)
+        d[axis] += np.clip(off, -0.5, 0.5)
+    return d, conf
+
+
+def fit_affine(src: np.ndarray, dst: np.ndarray, weights: np.ndarray, iterations: int = 5) -> np.ndarray:
+    """Weighted least-squares affine ``src -> dst`` (``(N, ndim)`` points) with Huber-like reweighting."""
+    d = src.shape[1]
+    w = np.asarray(weights, dtype=np.float64).copy()
+    A = np.hstack([src, np.ones((len(src), 1))])
+    M = np.eye(d + 1)
+    for _ in range(iterations):
+        sw = np.sqrt(w)[:, None]
+        sol, *_ = np.linalg.lstsq(A * sw, dst * sw, rcond=None)
+        M = np.vstack([sol.T, np.eye(d + 1)[d]])
+        r = np.linalg.norm(A @ sol - dst, axis=1)
+        scale = 1.4826 * np.median(r[w > 0]) + 1e-3 if np.any(w > 0) else 1.0
+        w = weights * np.minimum(1.0, 2.0 * scale / np.maximum(r, 1e-9))
+    return M
+
+
+def plausible(matrix: np.ndarray, max_anisotropy: float = 3.0, scale_range=(0.25, 4.0)) -> bool:
+    """Whether an affine's linear part is a believable anatomical change (no fold, no extreme shear)."""
+    d = matrix.shape[0] - 1
+    sv = np.linalg.svd(matrix[:d, :d], compute_uv=False)
+    if np.linalg.det(matrix[:d, :d]) <= 0 or not np.all(np.isfinite(sv)):
+        return False
+    return sv[0] / sv[-1] <= max_anisotropy and scale_range[0] <= float(np.prod(sv) ** (1 / d)) <= scale_range[1]
+
+
+class TargetLevel:
+    """The target's descriptors on one coarser grid, with the scalings to and from its working grid."""
+
+    def __init__(self, features: np.ndarray, side: int):
+        shape, _ = level_shape(features.shape[1:], side)
+        self.shape = shape
+        self.features = resize_features(features, shape)
+        self.from_work = scale_matrix(np.array(shape, float) / np.array(features.shape[1:], float))
+
+
+def template_sampler(image: np.ndarray, roi: np.ndarray, features: np.ndarray,
+                     describe: DescribeDense | None) -> TemplateAt:
+    """How to see the template through a field: resample the image and describe it again (``describe``
+    given: orientation-correct for any turn), or else resample its descriptors (cheap, for backbones
+    too slow to run once per candidate)."""
+
+    def at(coords: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        valid = inside(coords, image.shape) & (
+            ndimage.map_coordinates(roi.astype(np.float32), coords, order=1, mode="constant") > 0.5)
+        if describe is None:
+            return l2_normalize(warp_channels(features, coords), axis=0), valid
+        return describe(ndimage.map_coordinates(image, coords, order=1, mode="nearest").astype(np.float32)), valid
+
+    return at
+
+
+def refine_affine(template_at: TemplateAt, level: TargetLevel, matrix: np.ndarray,
+                  options: RefineOptions) -> np.ndarray:
+    """A placement (template working -> target working affine) refined by IRLS fits to block matches."""
+    M_l = level.from_work @ matrix
+    coords = grid_coords(np.linalg.inv(M_l), level.shape)
+    feats, valid0 = template_at(coords)
+    D = np.eye(3)  # residual motion on the level grid: warped(u) ~ target(D u)
+    for _ in range(options.affine_iterations):
+        cw = grid_coords(np.linalg.inv(D), level.shape)
+        warped = warp_channels(feats, cw)
+        valid = ndimage.map_coordinates(valid0.astype(np.float32), cw, order=1, mode="constant") > 0.5
+        d, conf = block_match(warped, level.features, valid, options.affine_radius, options.patch_size)
+        sel = conf > 0
+        if sel.sum() < 12:
+            break
+        at = np.argwhere(sel).astype(np.float64)
+        src = np.stack([cw[0][sel], cw[1][sel]], 1)
+        D_new = fit_affine(src, at + np.stack([d[0][sel], d[1][sel]], 1), conf[sel])
+        if not plausible(D_new):
+            break
+        D = D_new
+    return np.linalg.inv(level.from_work) @ D @ M_l
+
+
+def deform(template_at: TemplateAt, level: TargetLevel, matrix: np.ndarray, options: RefineOptions,
+           work_shape: tuple[int, int]) -> np.ndarray:
+    """Backward field ``(2, *work_shape)``: for each target working pixel, its template working position.
+
+    The template is resampled once through ``matrix`` and described on the level grid; repeated
+    block matching then moves it, the displacement smoothed by a confidence-weighted Gaussian.
+    """
+    M_l = level.from_work @ matrix
+    base = grid_coords(np.linalg.inv(M_l), level.shape)  # level pixel -> template working
+    feats, valid0 = template_at(base)
+    shape = level.shape
+    identity = np.indices(shape, dtype=np.float64)
+    pull = identity.copy()  # level pixel -> position on the warped grid
+    sigma = options.smoothing * max(shape)
+    for _ in range(options.deform_iterations):
+        warped = warp_channels(feats, pull)
+        valid = ndimage.map_coordinates(valid0.astype(np.float32), pull, order=1, mode="constant") > 0.5
+        d, conf = block_match(warped, level.features, valid, options.deform_radius, options.patch_size)
+        wsum = ndimage.gaussian_filter(conf, sigma) + 1e-6
+        d_s = np.stack([ndimage.gaussian_filter(conf * d[k], sigma) / wsum for k in range(2)])
+        # composition: the new pull at t is the old pull at t - d(t)
+        at = identity - d_s
+        pull = np.stack([ndimage.map_coordinates(c, at, order=1, mode="nearest") for c in pull])
+    level_field = np.stack([ndimage.map_coordinates(c, pull, order=1, mode="nearest") for c in base])
+    return resample_field(level_field, work_shape)
