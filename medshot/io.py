@@ -255,19 +255,28 @@ _DICOM_DECODERS = (
 )
 
 
+def _decoder_missing(syntax) -> bool:
+    """Whether no installed plugin decodes this (compressed) transfer syntax; unknown -> True."""
+    try:
+        from pydicom.pixels import get_decoder  # pydicom >= 3
+
+        return not get_decoder(syntax).is_available
+    except Exception:  # noqa: BLE001 - older pydicom, or a syntax it has no decoder class for
+        return True
+
+
 def dicom_pixels(ds, path: str | Path) -> np.ndarray:
     """``ds.pixel_array``, or a one-line error naming the package to install for a compressed syntax."""
     try:
         return ds.pixel_array
     except Exception as exc:  # noqa: BLE001 - pydicom raises several types for a missing decoder
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-        if syntax is None or not getattr(syntax, "is_compressed", False):
+        if syntax is None or not getattr(syntax, "is_compressed", False) or not _decoder_missing(syntax):
             raise
         packages = next((pk for prefixes, pk in _DICOM_DECODERS if str(syntax).startswith(prefixes)),
                         "pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg")
         raise MedshotError(f"DICOM pixel data is compressed ({syntax.name}, {syntax}) and no installed decoder "
-                           f"reads it ({type(exc).__name__}); `pip install {packages}` or `pip install "
-                           f"python-gdcm` adds one", path) from exc
+                           f"reads it; `pip install {packages}` (or python-gdcm) adds one", path) from exc
 
 
 def normalize_intensity(
