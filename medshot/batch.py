@@ -108,32 +108,45 @@ def run_batch(spec: BatchSpec, shot: Any, targets: list[Path], out: str | Path, 
     BatchInterrupted
         On SIGINT, after every finished target was committed.
     """
-    from tqdm import tqdm
-
     key = settings_key(settings)
     names = {str(t.resolve()): t for t in targets}
-    with OutputFolder(out, spec.command, spec.table, spec.header) as folder:
-        todo = [k for k, t in names.items() if not (resume and folder.is_done(k, t, key))]
-        skipped = len(names) - len(todo)
-        folder.plan(list(names))
-        counts: Counter = Counter()
-        bar = tqdm(total=len(todo), desc=spec.command, unit=spec.unit, file=sys.stderr,
-                   disable=quiet or len(todo) < 2)
-        try:
-            for outcome in _execute(spec.work, shot, todo, workers, scheduler):
-                rows = outcome.rows or [[outcome.target, *[""] * (len(spec.header) - 3), "failed", outcome.reason]]
-                folder.commit_target(outcome.target, names[outcome.target], outcome.files, rows, outcome.status,
-                                     key, settings)
-                counts[outcome.status] += 1
-                if outcome.status == "failed":
-                    bar.write(f"medshot: {outcome.target}: failed: {outcome.reason}", file=sys.stderr)
-                bar.update()
-        except KeyboardInterrupt as exc:
-            bar.close()
-            done = sum(counts.values())
-            raise BatchInterrupted(f"{done} of {len(todo)} targets finished; their outputs are kept in {out} (run "
-                                   f"again with --resume to do the rest)") from exc
+    # Problems with the workers are found before the output folder is touched.
+    blob = _ship(shot) if (workers > 1 or scheduler) else b""
+    client = _connect(scheduler) if scheduler else None
+    try:
+        with OutputFolder(out, spec.command, spec.table, spec.header) as folder:
+            return _loop(spec, shot, blob, client, names, folder, key, settings, resume, workers, quiet)
+    finally:
+        if client is not None:
+            client.close()
+
+
+def _loop(spec: BatchSpec, shot: Any, blob: bytes, client: Any, names: dict[str, Path], folder: OutputFolder,
+          key: str, settings: dict, resume: bool, workers: int, quiet: bool) -> int:
+    from tqdm import tqdm
+
+    out = folder.path
+    todo = [k for k, t in names.items() if not (resume and folder.is_done(k, t, key))]
+    skipped = len(names) - len(todo)
+    folder.plan(list(names))
+    counts: Counter = Counter()
+    bar = tqdm(total=len(todo), desc=spec.command, unit=spec.unit, file=sys.stderr,
+               disable=quiet or len(todo) < 2)
+    try:
+        for outcome in _execute(spec.work, shot, blob, todo, workers, client):
+            rows = outcome.rows or [[outcome.target, *[""] * (len(spec.header) - 3), "failed", outcome.reason]]
+            folder.commit_target(outcome.target, names[outcome.target], outcome.files, rows, outcome.status,
+                                 key, settings)
+            counts[outcome.status] += 1
+            if outcome.status == "failed":
+                bar.write(f"medshot: {outcome.target}: failed: {outcome.reason}", file=sys.stderr)
+            bar.update()
+    except KeyboardInterrupt as exc:
         bar.close()
+        done = sum(counts.values())
+        raise BatchInterrupted(f"{done} of {len(todo)} targets finished; their outputs are kept in {out} (run "
+                               f"again with --resume to do the rest)") from exc
+    bar.close()
     summary = ", ".join(f"{counts[s]} {s}" for s in STATUSES)
     extra = f", {skipped} skipped (done before with the same settings)" if skipped else ""
     print(f"{spec.command}: {len(todo)} targets: {summary}{extra}; table: {Path(out) / spec.table}")
@@ -145,11 +158,11 @@ def run_batch(spec: BatchSpec, shot: Any, targets: list[Path], out: str | Path, 
 # ------------------------------------------------------------------------------------------------
 
 
-def _execute(work: Work, shot: Any, todo: list[str], workers: int, scheduler: str | None) -> Iterator[Outcome]:
-    if scheduler:
-        yield from _on_dask(work, shot, todo, scheduler)
+def _execute(work: Work, shot: Any, blob: bytes, todo: list[str], workers: int, client: Any) -> Iterator[Outcome]:
+    if client is not None:
+        yield from _on_dask(work, shot, todo, client)
     elif workers > 1 and len(todo) > 1:
-        yield from _in_processes(work, shot, todo, workers)
+        yield from _in_processes(work, blob, todo, workers)
     else:
         for target in todo:
             yield run_target(work, shot, target)
@@ -187,7 +200,7 @@ def _worker_run(work: Work, target: str) -> Outcome:
     return run_target(work, _SHOT, target)
 
 
-def _in_processes(work: Work, shot: Any, todo: list[str], workers: int) -> Iterator[Outcome]:
+def _in_processes(work: Work, blob: bytes, todo: list[str], workers: int) -> Iterator[Outcome]:
     """``workers`` spawned processes, each holding one copy of the shot; at most one target each in flight.
 
     Keeping the number in flight to the number of processes means that when a process dies (killed, out
@@ -198,7 +211,6 @@ def _in_processes(work: Work, shot: Any, todo: list[str], workers: int) -> Itera
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
     from concurrent.futures.process import BrokenProcessPool
 
-    blob = _ship(shot)
     threads = max(1, (os.cpu_count() or 1) // workers)
     saved = {v: os.environ.get(v) for v in _THREAD_VARIABLES}
     for v in _THREAD_VARIABLES:  # read by BLAS/OpenMP when a spawned worker imports numpy
@@ -256,26 +268,32 @@ def _dask_run(work: Work, shot: Any, target: str) -> Outcome:
     return run_target(work, shot, target)
 
 
-def _on_dask(work: Work, shot: Any, todo: list[str], address: str) -> Iterator[Outcome]:
+def _connect(address: str) -> Any:
+    """A client of the Dask scheduler at ``address``; one-line errors without Dask or without a scheduler."""
+    try:
+        from distributed import Client
+    except ImportError as exc:
+        raise MedshotError('--scheduler needs Dask: pip install "medshot[dask]"') from exc
+    try:
+        return Client(address, timeout="10s")
+    except Exception as exc:  # noqa: BLE001 - OSError, TimeoutError, ValueError for a bad address
+        raise MedshotError(f"cannot reach the Dask scheduler at {address} ({type(exc).__name__}: "
+                           f"{one_line(str(exc), 160)})") from exc
+
+
+def _on_dask(work: Work, shot: Any, todo: list[str], client: Any) -> Iterator[Outcome]:
     """Targets as tasks on an existing Dask cluster; the shot is sent to every worker once.
 
     The workers read the targets from the same paths, so they must see this machine's file system
     (a shared file system on a cluster); the outputs come back here and are written by this process.
+    A task whose worker is lost is run again elsewhere by Dask; one that keeps losing its workers
+    (Dask's ``allowed-failures``) fails alone.
     """
+    from distributed import as_completed
+
+    shot_future = client.scatter(shot, broadcast=True, hash=False)
+    futures = {client.submit(_dask_run, work, shot_future, t, pure=False): t for t in todo}
     try:
-        from distributed import Client, as_completed
-    except ImportError as exc:
-        raise MedshotError('--scheduler needs Dask: pip install "medshot[dask]"') from exc
-    try:
-        client = Client(address, timeout="20s", set_as_default=False)
-    except Exception as exc:  # noqa: BLE001 - OSError, TimeoutError, ValueError for a bad address
-        raise MedshotError(f"cannot reach the Dask scheduler at {address} ({type(exc).__name__}: "
-                           f"{one_line(str(exc), 160)})") from exc
-    futures: dict = {}
-    try:
-        _ship(shot)  # the same one-line error as --workers for a shot that cannot travel
-        shot_future = client.scatter(shot, broadcast=True, hash=False)
-        futures = {client.submit(_dask_run, work, shot_future, t, pure=False): t for t in todo}
         for fut in as_completed(futures):
             t = futures[fut]
             try:
@@ -286,4 +304,3 @@ def _on_dask(work: Work, shot: Any, todo: list[str], address: str) -> Iterator[O
     finally:
         for fut in futures:
             fut.cancel()
-        client.close()
