@@ -91,7 +91,8 @@ def test_second_run_merges_results_by_target(tmp_path, template_json, phantom, c
     second = rows_of(out / "results.csv")
     assert targets_in(out / "results.csv") == [str(a.resolve()), str(b.resolve())]
     # a's rows are those of the first run; b's were replaced, not appended
-    assert [r for r in second if r["target"] == str(a.resolve())] == [r for r in first if r["target"] == str(a.resolve())]
+    key = str(a.resolve())
+    assert [r for r in second if r["target"] == key] == [r for r in first if r["target"] == key]
     assert len(second) == len(first) == 4
     assert all(r["status"] in ("ok", "low_confidence") and r["reason"] == "" for r in second)
     record = json.loads((out / RUN_RECORD).read_text())
@@ -125,7 +126,7 @@ def test_overlapping_processes_never_write_unlisted_masks(tmp_path, template_jso
     procs = [start_cli(["segment", "--template", template_json, "--out", out, *targets[i::2], *FAST])
              for i in range(2)]
     results = [p.communicate(timeout=600) + (p.returncode,) for p in procs]
-    for stdout, stderr, code in results:
+    for _, stderr, code in results:
         assert code == 0 or (code == 2 and "another medshot run" in stderr), stderr
     assert any(code == 0 for *_, code in results)
     listed = stems(targets_in(out / "results.csv"))

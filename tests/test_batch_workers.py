@@ -142,5 +142,6 @@ def test_dask_worker_lost_midway_loses_no_finished_target(tmp_path, template_fil
                                  tmp_path / "targets", *FAST], capsys)
     assert code == 1 and "1 failed" in stdout
     rows = {Path(r["target"]).name: r for r in table(out)}
-    assert rows["case02.png"]["status"] == "failed" and "Dask worker running it was lost" in rows["case02.png"]["reason"]
+    bad = rows["case02.png"]
+    assert bad["status"] == "failed" and "Dask worker running it was lost" in bad["reason"]
     assert sorted(masks(out)) == ["case01_mask.png", "case03_mask.png", "case04_mask.png"]
