@@ -126,6 +126,10 @@ def test_volume_nan_target_fails_alone_and_255_labels_round_trip(volumes, tmp_pa
     assert not (out / "nan_mask.nii.gz").exists()
     mask = np.asanyarray(nib.load(out / "good_mask.nii.gz").dataobj)
     assert set(np.unique(mask)) == {0, 255} and rows["good.nii.gz"]["label"] == "255"
+    # the same batch loop as 2D: --resume retries the failed volume only, in two worker processes
+    code, stdout, _ = run(["segment", "--template", t, "--out", out, "--resume", "--workers", "2",
+                           volumes / "targets", *VOLUME], capsys)
+    assert code == 1 and "1 targets:" in stdout and "1 skipped" in stdout
     # the same all-NaN volume as a template is refused before anything is written
     code, _, err = run(["template", volumes / "targets" / "nan.nii.gz", "--mask", volumes / "t_labels.nii.gz",
                         "--out", tmp_path / "bad.json"], capsys)
