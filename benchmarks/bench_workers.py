@@ -34,9 +34,15 @@ def make_data(root: Path, n: int) -> tuple[Path, Path]:
     Image.fromarray(phantom.mask).save(root / "template_mask.png")
     targets = root / "targets"
     targets.mkdir()
-    for i in range(1, n + 1):
-        case, _ = random_warp(phantom, seed=i)
-        Image.fromarray((case.image * 255).astype(np.uint8)).save(targets / f"case{i:03d}.png")
+    made, seed = 0, 0
+    while made < n:
+        seed += 1
+        try:
+            case, _ = random_warp(phantom, seed=seed)
+        except np.linalg.LinAlgError:  # a fold in this random warp: its truth cannot be inverted, take the next
+            continue
+        made += 1
+        Image.fromarray((case.image * 255).astype(np.uint8)).save(targets / f"case{made:03d}.png")
     assert main(["template", str(root / "template.png"), "--mask", str(root / "template_mask.png"),
                  "--out", str(root / "template.json")]) == 0
     return root / "template.json", targets

@@ -123,6 +123,7 @@ def run_batch(spec: BatchSpec, shot: Any, targets: list[Path], out: str | Path, 
 
 def _loop(spec: BatchSpec, shot: Any, blob: bytes, client: Any, names: dict[str, Path], folder: OutputFolder,
           key: str, settings: dict, resume: bool, workers: int, quiet: bool) -> int:
+    """The batch proper, under the folder's lock: skip what --resume allows, commit each outcome as it comes."""
     from tqdm import tqdm
 
     out = folder.path
@@ -134,7 +135,8 @@ def _loop(spec: BatchSpec, shot: Any, blob: bytes, client: Any, names: dict[str,
                disable=quiet or len(todo) < 2)
     try:
         for outcome in _execute(spec.work, shot, blob, todo, workers, client):
-            rows = outcome.rows or [[outcome.target, *[""] * (len(spec.header) - 3), "failed", outcome.reason]]
+            # A failed target (or one with nothing to report) still gets its row: the table lists every target.
+            rows = outcome.rows or [[outcome.target, *[""] * (len(spec.header) - 3), outcome.status, outcome.reason]]
             folder.commit_target(outcome.target, names[outcome.target], outcome.files, rows, outcome.status,
                                  key, settings)
             counts[outcome.status] += 1
