@@ -2,6 +2,8 @@
 
 Every command checks all of its inputs before writing anything, writes each output atomically
 and, on a problem a user can fix, prints one line naming the file and exits with status 2.
+``localize`` and ``segment`` then run as a batch (:mod:`medshot.batch`): a target that fails is
+recorded as failed and the batch goes on (exit status 1), and SIGINT keeps finished targets (130).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import numpy as np
 from .errors import MedshotError
 
 EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
 
 
 def _add_model_options(p: argparse.ArgumentParser, segmenter: bool = False) -> None:
@@ -38,6 +41,16 @@ def _add_model_options(p: argparse.ArgumentParser, segmenter: bool = False) -> N
     g.add_argument("--work-spacing", type=float, default=None, metavar="MM",
                    help="volumes: working voxel size in mm (default: template field of view / 112, "
                         "at least its finest spacing)")
+
+
+def _add_batch_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("batch")
+    g.add_argument("--resume", action="store_true",
+                   help="skip targets already done in --out with the same template and settings")
+    g.add_argument("--workers", type=int, default=1, metavar="N", help="run targets in N local processes")
+    g.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help='run targets on an existing Dask cluster, e.g. tcp://host:8786 (pip install "medshot[dask]")')
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def backbone_options(args: argparse.Namespace) -> dict:
@@ -75,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--template", required=True, help="template JSON (from `medshot template`)")
         p.add_argument("--out", required=True, help="output folder")
         _add_model_options(p, segmenter=name == "segment")
-        p.add_argument("--quiet", action="store_true", help="no progress bar")
+        _add_batch_options(p)
 
     p = sub.add_parser("demo", help="run end to end on a synthetic case the package makes (offline)")
     p.add_argument("--out", default="medshot-demo", help="output folder (default: medshot-demo)")
@@ -116,14 +129,23 @@ def _version() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from .batch import BatchInterrupted, one_line
+
     try:
         return int(COMMANDS[args.command](args) or 0)
     except MedshotError as exc:
-        print(f"medshot: error: {exc}", file=sys.stderr)
+        print(f"medshot: error: {one_line(str(exc), 1000)}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except BatchInterrupted as exc:
+        print(f"medshot: interrupted: {exc}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except KeyboardInterrupt:
-        print("medshot: interrupted; no partial outputs were kept", file=sys.stderr)
-        return 130
+        print("medshot: interrupted; nothing was written", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except OSError as exc:  # a file system problem no check foresaw: still one line, never a traceback
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"medshot: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
 
 
 # ------------------------------------------------------------------------------------------------
@@ -179,14 +201,6 @@ def _refuse_input_overwrite(out: Path, inputs) -> None:
             raise MedshotError("refusing to overwrite an input file; choose another --out", out)
 
 
-def _load_targets(paths: list[str]):
-    """Expand folders and read every target once up front, so a bad file fails before any output."""
-    from .io import list_images, load_image
-
-    files = list_images(paths)
-    return [load_image(f) for f in files]
-
-
 def _make_shot(args: argparse.Namespace, segmenter: str = "classical"):
     from .pipeline import OneShot
     from .template import Template
@@ -203,11 +217,98 @@ def _make_shot(args: argparse.Namespace, segmenter: str = "classical"):
                    window=tuple(args.window) if args.window else None, backbone_options=backbone_options(args))
 
 
-def _progress(items, args, desc):
-    from tqdm import tqdm
+def batch_settings(args: argparse.Namespace, template) -> dict:
+    """Everything that decides a batch's results, for the run record (``--resume`` compares it)."""
+    from .outdir import file_digest
 
-    return tqdm(items, desc=desc, unit="image", disable=getattr(args, "quiet", False) or len(items) < 2,
-                file=sys.stderr)
+    keys = ("backbone", "weights", "layer", "facet", "stride", "log_bin", "segmenter", "segmenter_weights",
+            "work_size", "window", "work_spacing")
+    settings = {k: getattr(args, k, None) for k in keys}
+    settings.update(command=args.command, medshot=_version(), template=str(Path(args.template).resolve()),
+                    template_sha256=file_digest(Path(args.template)),
+                    image_sha256=file_digest(Path(template.image_path)),
+                    mask_sha256=file_digest(Path(template.mask_path)) if template.mask_path else None)
+    return settings
+
+
+def check_batch_options(args: argparse.Namespace) -> None:
+    if args.workers < 1:
+        raise MedshotError(f"--workers must be at least 1, got {args.workers}")
+    if args.workers > 1 and args.scheduler:
+        raise MedshotError("give --workers or --scheduler, not both")
+
+
+def refuse_overwriting_inputs(out: str | Path, names: list[str], inputs: list) -> None:
+    """No output of the batch may land on an input file (the template's image or mask, say)."""
+    protected = {Path(i).resolve() for i in inputs if i is not None}
+    for name in names:
+        if (Path(out) / name).resolve() in protected:
+            raise MedshotError("an output would overwrite this input file; choose another --out", Path(out) / name)
+
+
+def _check_targets(args: argparse.Namespace) -> list[Path]:
+    """List the targets and read each once, so that a bad file fails before any output; notes go to stderr."""
+    from .io import check_contrast, load_image, missing_note
+    from .outdir import list_targets, refuse_out_in_targets
+
+    files = list_targets(args.targets)
+    refuse_out_in_targets(args.out, args.targets, files)
+    for f in files:
+        image = load_image(f)
+        check_contrast(image.array, f)
+        note = missing_note(image.meta)
+        if note:
+            print(f"medshot: note: {f}: {note}", file=sys.stderr)
+    return files
+
+
+def _run(args: argparse.Namespace, spec, shot, files: list[Path]) -> int:
+    from .batch import run_batch
+
+    return run_batch(spec, shot, files, args.out, batch_settings(args, shot.template), resume=args.resume,
+                     workers=args.workers, scheduler=args.scheduler, quiet=args.quiet)
+
+
+LANDMARKS_HEADER = ["target", "landmark", "x", "y", "confidence", "status", "reason"]
+RESULTS_HEADER = ["target", "label", "area_px", "score", "seconds", "status", "reason"]
+
+
+def localize_work(shot, path: Path) -> tuple[dict[str, bytes], list[list]]:
+    """One target of ``medshot localize``: no files, one row per landmark."""
+    from .io import check_contrast, load_image
+    from .pipeline import score_status
+
+    image = load_image(path)
+    check_contrast(image.array, path)
+    result = shot.localize(image)
+    return {}, [[lm.name, round(lm.x, 3), round(lm.y, 3), round(lm.confidence, 4), score_status(lm.confidence)]
+                for lm in result.landmarks]
+
+
+def segment_work(shot, path: Path) -> tuple[dict[str, bytes], list[list]]:
+    """One target of ``medshot segment``: its mask and overlay (bytes) and one row per label."""
+    from .io import check_contrast, load_image, normalize_intensity
+    from .outputs import file_label_values, label_map_bytes, mask_suffix, png_bytes
+    from .pipeline import score_status
+    from .viz import overlay
+
+    image = load_image(path)
+    check_contrast(image.array, path)
+    start = time.perf_counter()
+    result = shot.segment(image)
+    seconds = time.perf_counter() - start
+    values = shot.template.label_values
+    files = {
+        image.stem + mask_suffix(image): label_map_bytes(file_label_values(result.label_map, values), image),
+        image.stem + "_overlay.png": png_bytes(overlay(normalize_intensity(image.array, shot.window),
+                                                       result.label_map)),
+    }
+    rows = []
+    for label in sorted(set(result.scores) | set(shot.template.labels)):
+        score = result.scores.get(label, 0.0)
+        rows.append([values.get(label, label), int(np.sum(result.label_map == label)), round(score, 4),
+                     round(seconds, 3), score_status(score)])
+    return files, rows
 
 
 def cmd_localize(args: argparse.Namespace) -> int:
@@ -215,21 +316,15 @@ def cmd_localize(args: argparse.Namespace) -> int:
 
     if template_json_is_volume(args.template):
         return cmd_localize_3d(args)
-    from .io import OutputSet, write_csv
+    from .batch import BatchSpec
 
+    check_batch_options(args)
     shot = _make_shot(args)
     if not shot.template.landmarks:
         raise MedshotError("template has no landmarks to localize", args.template)
-    targets = _load_targets(args.targets)
-    rows = []
-    for image in _progress(targets, args, "localize"):
-        result = shot.localize(image)
-        for lm in result.landmarks:
-            rows.append([str(image.path), lm.name, round(lm.x, 3), round(lm.y, 3), round(lm.confidence, 4)])
-    with OutputSet(args.out, protect=[t.path for t in targets]) as out:
-        write_csv(out.path_for("landmarks.csv"), ["target", "landmark", "x", "y", "confidence"], rows)
-    print(f"wrote {Path(args.out) / 'landmarks.csv'}: {len(rows)} landmarks in {len(targets)} targets")
-    return 0
+    files = _check_targets(args)
+    spec = BatchSpec("localize", "landmarks.csv", LANDMARKS_HEADER, localize_work)
+    return _run(args, spec, shot, files)
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
@@ -237,35 +332,26 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
     if template_json_is_volume(args.template):
         return cmd_segment_3d(args)
-    from .io import OutputSet, mask_suffix, save_label_map, save_png, write_csv
-    from .viz import overlay
+    from .batch import BatchSpec
+    from .io import NIFTI_SUFFIXES, path_stem
 
+    check_batch_options(args)
     shot = _make_shot(args)
     if not shot.template.prompts and shot.template.mask is None:
         raise MedshotError("template has no mask or prompts to segment", args.template)
-    targets = _load_targets(args.targets)
-    stems = [t.stem for t in targets]
+    shot.segmenter  # noqa: B018 - load it now: a missing checkpoint is one error, not one per target
+    files = _check_targets(args)
+    stems = [path_stem(f) for f in files]
     if len(set(stems)) != len(stems):
         dup = sorted({s for s in stems if stems.count(s) > 1})
         raise MedshotError(f"several targets share the file stem(s) {', '.join(dup)}; outputs would collide")
-    rows = []
-    with OutputSet(args.out, protect=[t.path for t in targets]) as out:
-        for image in _progress(targets, args, "segment"):
-            start = time.perf_counter()
-            result = shot.segment(image)
-            seconds = time.perf_counter() - start
-            save_label_map(out.path_for(image.stem + mask_suffix(image)), result.label_map, image)
-            from .io import normalize_intensity
-
-            pic = overlay(normalize_intensity(image.array, shot.window), result.label_map)
-            save_png(out.path_for(image.stem + "_overlay.png"), pic)
-            labels = sorted(set(result.scores) | set(shot.template.labels))
-            for label in labels:
-                area = int(np.sum(result.label_map == label))
-                rows.append([str(image.path), label, area, round(result.scores.get(label, 0.0), 4), round(seconds, 3)])
-        write_csv(out.path_for("results.csv"), ["target", "label", "area_px", "score", "seconds"], rows)
-    print(f"wrote {len(targets)} masks and overlays and {Path(args.out) / 'results.csv'}")
-    return 0
+    names = [n for f, stem in zip(files, stems) for n in
+             (stem + ("_mask.nii.gz" if f.name.lower().endswith(NIFTI_SUFFIXES) else "_mask.png"),
+              stem + "_overlay.png")]
+    t = shot.template
+    refuse_overwriting_inputs(args.out, names, [args.template, t.image_path, t.mask_path, *files])
+    spec = BatchSpec("segment", "results.csv", RESULTS_HEADER, segment_work)
+    return _run(args, spec, shot, files)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -8,23 +8,33 @@ the centre of the top-left pixel.
 
 from __future__ import annotations
 
-import contextlib
-import csv
-import io as _io
-import os
-import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from .errors import MedshotError
+from .outputs import (  # noqa: F401 - the writers lived here first; importers keep using medshot.io
+    OutputSet,
+    atomic_path,
+    mask_suffix,
+    save_label_map,
+    save_nifti_gz,
+    save_png,
+    write_csv,
+    write_text_atomic,
+)
 
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 DICOM_SUFFIXES = (".dcm", ".dicom")
 IMAGE_SUFFIXES = RASTER_SUFFIXES + NIFTI_SUFFIXES + DICOM_SUFFIXES
+# Smallest image side medshot works on (pixels): its descriptors look at several scales of a
+# neighbourhood, and below this there is nothing to match (2x2 images used to crash the segmenter).
+MIN_SIDE = 8
+# Largest label value: label maps are written as 8- or 16-bit PNG / NIfTI.
+MAX_LABEL = 65535
 
 
 @dataclass
@@ -125,11 +135,45 @@ def load_image(path: str | Path, slice_index: int | None = None, slice_axis: int
         raise
     except Exception as exc:  # noqa: BLE001 - every reader fails differently; name the file instead
         raise MedshotError(f"cannot read image ({type(exc).__name__}: {exc})", path) from exc
-    if image.array.ndim != 2 or min(image.array.shape) < 2:
+    if image.array.ndim != 2:
         raise MedshotError(f"expected a 2D image, got array of shape {image.array.shape}", path)
-    if not np.all(np.isfinite(image.array)):
-        image.array = np.nan_to_num(image.array, nan=0.0, posinf=0.0, neginf=0.0)
+    if min(image.array.shape) < MIN_SIDE:
+        H, W = image.array.shape
+        raise MedshotError(f"image is {W}x{H} pixels; medshot needs at least {MIN_SIDE} pixels on each side", path)
+    image.array = fill_missing(image.array, image.meta, path)
     return image
+
+
+def fill_missing(array: np.ndarray, meta: dict, path: str | Path | None) -> np.ndarray:
+    """NaN/Inf pixels are missing data: refuse an image without any finite value, else fill them.
+
+    They get the lowest finite value (the background of CT, MR and X-ray alike, where 0 could be
+    soft tissue), and ``meta["missing_fraction"]`` records how many there were so that the command
+    line can say so.
+    """
+    finite = np.isfinite(array)
+    if finite.all():
+        return array
+    if not finite.any():
+        raise MedshotError("image holds no finite value (every pixel is NaN or Inf)", path)
+    meta["missing_fraction"] = float(1.0 - finite.mean())
+    return np.where(finite, array, array[finite].min()).astype(array.dtype, copy=False)
+
+
+def missing_note(meta: dict) -> str | None:
+    """A one-line note for an image whose NaN/Inf pixels were filled, else None."""
+    frac = meta.get("missing_fraction")
+    if not frac:
+        return None
+    return (f"{100 * frac:.3g} % of the pixels are NaN or Inf; treated as missing (filled with the lowest "
+            f"finite value)")
+
+
+def check_contrast(array: np.ndarray, path: str | Path | None) -> None:
+    """Refuse a constant image: there is nothing to match in it (an all-NaN image used to become one)."""
+    lo, hi = float(np.min(array)), float(np.max(array))
+    if hi - lo <= 1e-6 * max(1.0, abs(lo), abs(hi)):
+        raise MedshotError(f"image is constant (every pixel is {lo:g}); nothing to match", path)
 
 
 def _looks_like_dicom(path: Path) -> bool:
@@ -187,7 +231,7 @@ def _load_dicom(path: Path) -> Image2D:
     import pydicom
 
     ds = pydicom.dcmread(str(path))
-    arr = ds.pixel_array.astype(np.float32)
+    arr = dicom_pixels(ds, path).astype(np.float32)
     if arr.ndim == 3 and arr.shape[-1] in (3, 4) and getattr(ds, "SamplesPerPixel", 1) > 1:
         arr = arr[..., :3] @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
     elif arr.ndim == 3:
@@ -200,6 +244,39 @@ def _load_dicom(path: Path) -> Image2D:
     if spacing is not None:
         meta["spacing_yx"] = (float(spacing[0]), float(spacing[1]))
     return Image2D(np.ascontiguousarray(arr), path, "dicom", meta=meta)
+
+
+# Packages that add pydicom decoders, by transfer syntax UID prefix (pydicom decodes the rest itself).
+_DICOM_DECODERS = (
+    (("1.2.840.10008.1.2.4.9", "1.2.840.10008.1.2.4.20"), "pylibjpeg pylibjpeg-openjpeg"),  # JPEG 2000, HTJ2K
+    (("1.2.840.10008.1.2.4.8",), "pylibjpeg pylibjpeg-libjpeg"),  # JPEG-LS
+    (("1.2.840.10008.1.2.4.",), "pylibjpeg pylibjpeg-libjpeg"),  # JPEG baseline, extended, lossless
+    (("1.2.840.10008.1.2.5",), "pylibjpeg pylibjpeg-rle"),  # RLE
+)
+
+
+def _decoder_missing(syntax) -> bool:
+    """Whether no installed plugin decodes this (compressed) transfer syntax; unknown -> True."""
+    try:
+        from pydicom.pixels import get_decoder  # pydicom >= 3
+
+        return not get_decoder(syntax).is_available
+    except Exception:  # noqa: BLE001 - older pydicom, or a syntax it has no decoder class for
+        return True
+
+
+def dicom_pixels(ds, path: str | Path) -> np.ndarray:
+    """``ds.pixel_array``, or a one-line error naming the package to install for a compressed syntax."""
+    try:
+        return ds.pixel_array
+    except Exception as exc:  # noqa: BLE001 - pydicom raises several types for a missing decoder
+        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        if syntax is None or not getattr(syntax, "is_compressed", False) or not _decoder_missing(syntax):
+            raise
+        packages = next((pk for prefixes, pk in _DICOM_DECODERS if str(syntax).startswith(prefixes)),
+                        "pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg")
+        raise MedshotError(f"DICOM pixel data is compressed ({syntax.name}, {syntax}) and no installed decoder "
+                           f"reads it; `pip install {packages}` (or python-gdcm) adds one", path) from exc
 
 
 def normalize_intensity(
@@ -222,10 +299,13 @@ def normalize_intensity(
     return np.clip((a - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
 
 
-def load_label_map(path: str | Path, shape: tuple[int, int] | None = None, image: Image2D | None = None) -> np.ndarray:
-    """Read a label map (0 = background) as ``(H, W)`` int32.
+def read_label_map(path: str | Path, shape: tuple[int, int] | None = None,
+                   image: Image2D | None = None) -> tuple[np.ndarray, dict[int, int]]:
+    """Read a label map (0 = background): ``(H, W)`` int32 labels and their values in the file.
 
-    Binary 0/255 masks become 0/1. With ``image`` given, a 3D NIfTI label map is sliced like it.
+    A binary 0/255 mask is worked on as 0/1 (as evaluation ground truth is read); the second value
+    returned, ``{1: 255}`` then (``{}`` otherwise), lets outputs be written with the file's own values.
+    With ``image`` given, a 3D NIfTI label map is sliced like it.
     """
     path = Path(path)
     if image is not None and image.slice_index is not None and _suffix(path) in NIFTI_SUFFIXES:
@@ -234,16 +314,28 @@ def load_label_map(path: str | Path, shape: tuple[int, int] | None = None, image
         labels = load_image(path).array
     if not np.allclose(labels, np.round(labels)):
         raise MedshotError("label map must hold integer labels", path)
-    labels = np.round(labels).astype(np.int32)
-    values = np.unique(labels)
-    if len(values) == 2 and values[0] == 0 and values[1] == 255:
-        labels = (labels > 0).astype(np.int32)
     if labels.min() < 0:
         raise MedshotError("label map holds negative labels", path)
+    if labels.max() > MAX_LABEL:
+        raise MedshotError(f"label {labels.max():g} is too large (labels go up to {MAX_LABEL})", path)
+    labels = np.round(labels).astype(np.int32)
+    values = np.unique(labels)
+    file_values: dict[int, int] = {}
+    if len(values) == 2 and values[0] == 0 and values[1] == 255:
+        labels = (labels > 0).astype(np.int32)
+        file_values = {1: 255}
     if shape is not None and labels.shape != tuple(shape):
         raise MedshotError(f"mask is {labels.shape[1]}x{labels.shape[0]} (WxH) but the image is "
                            f"{shape[1]}x{shape[0]}", path)
-    return labels
+    return labels, file_values
+
+
+def load_label_map(path: str | Path, shape: tuple[int, int] | None = None, image: Image2D | None = None) -> np.ndarray:
+    """Read a label map (0 = background) as ``(H, W)`` int32; binary 0/255 masks become 0/1.
+
+    See :func:`read_label_map`, which also returns the file's label values.
+    """
+    return read_label_map(path, shape, image)[0]
 
 
 def list_images(paths: Sequence[str | Path]) -> list[Path]:
@@ -260,120 +352,3 @@ def list_images(paths: Sequence[str | Path]) -> list[Path]:
         else:
             out.append(p)
     return out
-
-
-# ----------------------------------------------------------------------------------------------
-# Writing: every output goes to a temporary file first and is renamed into place only when the
-# whole job has succeeded, so a failure never leaves a half-written result behind.
-# ----------------------------------------------------------------------------------------------
-
-
-class OutputSet:
-    """Collects outputs of one command and moves them into place together.
-
-    Use as a context manager: on an exception the temporary files are deleted and nothing that
-    already existed in the output folder is touched.
-    """
-
-    def __init__(self, out_dir: str | Path, protect: Iterable[str | Path] = ()):
-        self.out_dir = Path(out_dir)
-        self._pending: list[tuple[Path, Path]] = []
-        self._protect = {Path(p).resolve() for p in protect}
-
-    def __enter__(self) -> OutputSet:
-        if self.out_dir.exists() and not self.out_dir.is_dir():
-            raise MedshotError("output path exists and is not a folder", self.out_dir)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        return self
-
-    def path_for(self, name: str) -> Path:
-        final = self.out_dir / name
-        if final.resolve() in self._protect:
-            raise MedshotError("refusing to overwrite an input file; choose another --out", final)
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=self.out_dir)
-        os.close(fd)
-        self._pending.append((Path(tmp), final))
-        return Path(tmp)
-
-    def commit(self) -> list[Path]:
-        done = []
-        for tmp, final in self._pending:
-            os.replace(tmp, final)
-            done.append(final)
-        self._pending.clear()
-        return done
-
-    def discard(self) -> None:
-        for tmp, _ in self._pending:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-        self._pending.clear()
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.commit()
-        else:
-            self.discard()
-
-
-@contextlib.contextmanager
-def atomic_path(final: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``final``; rename it to ``final`` only if the block succeeds."""
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    with OutputSet(final.parent) as outputs:
-        yield outputs.path_for(final.name)
-
-
-def write_text_atomic(path: str | Path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
-
-
-def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence]) -> None:
-    buf = _io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(header)
-    for row in rows:
-        writer.writerow([f"{v:.6g}" if isinstance(v, float) else v for v in row])
-    Path(path).write_text(buf.getvalue())
-
-
-def save_png(path: Path, array: np.ndarray) -> None:
-    from PIL import Image
-
-    Image.fromarray(np.asarray(array)).save(path, format="PNG")
-
-
-def save_label_map(path: Path, labels: np.ndarray, like: Image2D) -> None:
-    """Write a label map in the geometry of ``like``: NIfTI with its affine, else 8-bit PNG."""
-    labels = np.asarray(labels)
-    if like.kind == "nifti" and like.affine is not None:
-        import nibabel as nib
-
-        if like.slice_index is not None and like.nifti_shape is not None:
-            full = np.zeros(like.nifti_shape[:3], dtype=np.uint8)
-            index = [slice(None)] * 3
-            index[like.slice_axis or 2] = like.slice_index  # type: ignore[index]
-            full[tuple(index)] = labels
-            data = full
-        else:
-            data = labels.astype(np.uint8).reshape(like.nifti_shape or labels.shape)
-        img = nib.Nifti1Image(data.astype(np.uint8), like.affine)
-        img.set_qform(like.affine, code=1)
-        img.set_sform(like.affine, code=1)
-        save_nifti_gz(path, img)
-    else:
-        save_png(path, labels.astype(np.uint8))
-
-
-def save_nifti_gz(path: Path, img) -> None:
-    """Write a nibabel image gzip-compressed whatever ``path`` ends in (temporary names end in .part)."""
-    import gzip
-
-    with gzip.open(path, "wb") as fh:
-        fh.write(img.to_bytes())
-
-
-def mask_suffix(image: Image2D) -> str:
-    return "_mask.nii.gz" if image.kind == "nifti" else "_mask.png"

@@ -330,7 +330,7 @@ class OneShot:
             box = box_from_points(pos, 0.1, (H, W)) if len(pos) else None
             prompts.append(Prompt(label, pos, neg, box_xyxy=box, mask=region))
         segs = self.segmenter.segment(prepared.normalized, prompts)
-        label_map = np.zeros((H, W), np.uint8)
+        label_map = np.zeros((H, W), np.uint8 if max(labels, default=0) < 256 else np.uint16)
         scores = {}
         for s in segs:
             label_map[s.mask] = s.label

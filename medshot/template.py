@@ -21,7 +21,7 @@ import numpy as np
 from scipy import ndimage
 
 from .errors import MedshotError
-from .io import Image2D, load_image, load_label_map, write_text_atomic
+from .io import Image2D, check_contrast, load_image, read_label_map, write_text_atomic
 
 
 @dataclass
@@ -53,6 +53,7 @@ class Template:
     slice_index: int | None = None
     _image: Image2D | None = field(default=None, repr=False)
     _mask: np.ndarray | None = field(default=None, repr=False)
+    _label_values: dict[int, int] = field(default_factory=dict, repr=False)
 
     # -- loading -----------------------------------------------------------------------------
 
@@ -67,8 +68,17 @@ class Template:
         if self.mask_path is None:
             return None
         if self._mask is None:
-            self._mask = load_label_map(self.mask_path, self.image.shape, self.image)
+            self._mask, self._label_values = read_label_map(self.mask_path, self.image.shape, self.image)
         return self._mask
+
+    @property
+    def label_values(self) -> dict[int, int]:
+        """Label -> the value the mask file holds for it where they differ (``{1: 255}`` for a 0/255 mask).
+
+        Outputs are written with the file's values, so a 0/255 template mask gives 0/255 masks.
+        """
+        _ = self.mask
+        return dict(self._label_values)
 
     @property
     def landmarks_xy(self) -> np.ndarray:
@@ -78,14 +88,7 @@ class Template:
     def load(cls, json_path: str | Path) -> Template:
         """Read and validate a template JSON file."""
         json_path = Path(json_path)
-        if not json_path.exists():
-            raise MedshotError("template file not found", json_path)
-        try:
-            spec = json.loads(json_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise MedshotError(f"not valid JSON ({exc})", json_path) from exc
-        if not isinstance(spec, dict) or "image" not in spec:
-            raise MedshotError("template JSON needs an 'image' entry", json_path)
+        spec = read_template_json(json_path)
         base = json_path.parent
         try:
             labels = {int(k): str(v) for k, v in (spec.get("labels") or {}).items()}
@@ -110,6 +113,7 @@ class Template:
     def validate(self) -> None:
         """Check that the image loads and every annotation fits it; raise a one-line error if not."""
         image = self.image
+        check_contrast(image.array, self.image_path)
         H, W = image.shape
         where = self.image_path
         for lm in self.landmarks:
@@ -187,6 +191,23 @@ class Template:
         del image
         template.validate()
         return template
+
+
+def read_template_json(json_path: Path) -> dict:
+    """The template JSON as a dict with an ``image`` entry; one-line errors for anything else."""
+    if not json_path.exists():
+        raise MedshotError("template file not found", json_path)
+    if json_path.is_dir():
+        raise MedshotError("is a folder, expected a template JSON file", json_path)
+    try:
+        spec = json.loads(json_path.read_text())
+    except OSError as exc:
+        raise MedshotError(f"cannot read the template ({exc.strerror or exc})", json_path) from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise MedshotError(f"not valid JSON ({exc})", json_path) from exc
+    if not isinstance(spec, dict) or "image" not in spec:
+        raise MedshotError("template JSON needs an 'image' entry", json_path)
+    return spec
 
 
 def choose_labels(mask: np.ndarray, labels: list[int] | None, label_names: dict[int, str] | None,

@@ -1,7 +1,7 @@
 """Where model weights come from: a local ``save_pretrained`` folder or the Hugging Face cache.
 
 medshot never downloads on its own initiative in tests; users who want a download run
-``huggingface-cli download <repo>`` (or let ``from_pretrained`` fetch with network access, when
+``hf download <repo>`` (or let ``from_pretrained`` fetch with network access, when
 ``HF_HUB_OFFLINE`` is not set). Every failure becomes a :class:`~medshot.errors.WeightsNotFoundError`
 that names the checkpoint, how to get it, and that the weights-free backend works offline.
 """
@@ -21,7 +21,7 @@ def offline() -> bool:
 def missing_weights_message(name: str, repo_id: str, extra: str = "") -> str:
     return (
         f"weights for '{name}' not found (needs Hugging Face checkpoint '{repo_id}'). Get them with "
-        f"`huggingface-cli download {repo_id}` on a machine with network access (they land in the HF cache, "
+        f"`hf download {repo_id}` on a machine with network access (they land in the HF cache, "
         f"HF_HOME), or pass --weights DIR pointing at a save_pretrained folder{extra}. The weights-free "
         f"backend (--backbone classical / --segmenter classical) works offline."
     )

@@ -281,7 +281,7 @@ def run_loader(jobs, out: Path, hf_home: Path) -> dict:
 
 
 def fake_hf_cache(hf_home: Path, repo_id: str, files_from: Path) -> None:
-    """Lay ``files_from`` out as the HF cache does after ``huggingface-cli download repo_id``."""
+    """Lay ``files_from`` out as the HF cache does after ``hf download repo_id``."""
     repo = hf_home / "hub" / ("models--" + repo_id.replace("/", "--"))
     commit = "0123456789abcdef0123456789abcdef01234567"
     snapshot = repo / "snapshots" / commit
@@ -315,7 +315,7 @@ def test_each_family_loads_offline_in_a_fresh_process(tmp_path):
         np.testing.assert_allclose(got, fmap.data, rtol=1e-5, atol=1e-6, err_msg=key)
         assert result[key] == [list(fmap.stride_yx), list(fmap.offset_yx), list(fmap.image_shape)]
     message = result["missing"]
-    for needed in ("facebook/dinov2-base", "huggingface-cli download", "--weights", "classical", "offline"):
+    for needed in ("facebook/dinov2-base", "hf download", "--weights", "classical", "offline"):
         assert needed in message
     status = result["status"]
     assert status["dinov2_vits14"][0] is True and "HF cache" in status["dinov2_vits14"][1]

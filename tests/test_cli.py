@@ -60,7 +60,7 @@ def test_localize_and_segment_write_documented_files(tmp_path, template_json, ta
     assert code == 0, err
     with open(out / "landmarks.csv") as fh:
         rows = list(csv.DictReader(fh))
-    assert list(rows[0]) == ["target", "landmark", "x", "y", "confidence"]
+    assert list(rows[0]) == ["target", "landmark", "x", "y", "confidence", "status", "reason"]
     assert len(rows) == 2 * 4
     code, _, err = run(["segment", "--template", template_json, "--out", out, "--quiet", targets], capsys)
     assert code == 0, err
@@ -71,7 +71,7 @@ def test_localize_and_segment_write_documented_files(tmp_path, template_json, ta
         assert (out / f"{stem}_overlay.png").exists()
     with open(out / "results.csv") as fh:
         rows = list(csv.DictReader(fh))
-    assert list(rows[0]) == ["target", "label", "area_px", "score", "seconds"]
+    assert list(rows[0]) == ["target", "label", "area_px", "score", "seconds", "status", "reason"]
     assert len(rows) == 4 and all(int(r["area_px"]) > 0 for r in rows)
     assert not list(out.glob("*.part"))
 

@@ -279,7 +279,7 @@ def test_missing_weights_file_names_checkpoint_and_offline_fallback(tmp_path):
     with pytest.raises(WeightsNotFoundError) as info:
         get_segmenter("sam_vit_b", weights=str(tmp_path / "sam_vit_b_01ec64.pth"))
     text = str(info.value)
-    assert "does not exist" in text and "facebook/sam-vit-base" in text and "huggingface-cli download" in text
+    assert "does not exist" in text and "facebook/sam-vit-base" in text and "hf download" in text
     assert "sam_vit_b_01ec64.pth" in text and "--segmenter classical" in text
 
 

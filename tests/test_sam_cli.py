@@ -75,6 +75,6 @@ def test_missing_weights_is_a_one_line_user_error(case, monkeypatch, capsys):
     assert code == 2
     error = [line for line in capsys.readouterr().err.splitlines() if line.startswith("medshot: error:")]
     assert len(error) == 1
-    assert "nielsr/slimsam-50-uniform" in error[0] and "huggingface-cli download" in error[0]
+    assert "nielsr/slimsam-50-uniform" in error[0] and "hf download" in error[0]
     assert "--segmenter classical" in error[0]
     assert not any((case / "out_missing").glob("*"))  # nothing half-written

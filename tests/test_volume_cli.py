@@ -93,7 +93,7 @@ def test_segment_writes_masks_in_each_targets_geometry(files, template_json, tmp
             pic = np.asarray(Image.open(out / f"{stem}_label{label}_overlay.png"))
             assert pic.ndim == 3 and pic.shape[1] > 2 * pic.shape[0] * 0.5
     rows = list(csv.DictReader(open(out / "results.csv")))
-    assert list(rows[0]) == ["target", "label", "volume_voxels", "volume_ml", "score", "seconds"]
+    assert list(rows[0]) == ["target", "label", "volume_voxels", "volume_ml", "score", "seconds", "status", "reason"]
     assert len(rows) == 4
     first = rows[0]
     voxel_ml = abs(np.linalg.det(files["target_affine"][:3, :3])) / 1000
@@ -108,7 +108,8 @@ def test_localize_writes_voxel_and_mm_columns(files, template_json, tmp_path):
                str(files["root"] / "target.nii.gz"), *WORK])
     assert rc == 0
     rows = list(csv.DictReader(open(out / "landmarks.csv")))
-    assert list(rows[0]) == ["target", "landmark", "i", "j", "k", "x_mm", "y_mm", "z_mm", "confidence"]
+    assert list(rows[0]) == ["target", "landmark", "i", "j", "k", "x_mm", "y_mm", "z_mm", "confidence", "status",
+                             "reason"]
     ijk = np.array([[float(r[c]) for c in "ijk"] for r in rows])
     xyz = np.array([[float(r[c]) for c in ("x_mm", "y_mm", "z_mm")] for r in rows])
     aff = files["target_affine"]

@@ -79,7 +79,7 @@ def _availability(repo_id: str, packages: tuple[str, ...], extra: str,
         present, where = weights_present(repo_id)
         if present:
             return True, where
-        return False, f"{where} (huggingface-cli download {repo_id}, or --weights DIR)"
+        return False, f"{where} (hf download {repo_id}, or --weights DIR)"
 
     return check
 

@@ -2,14 +2,16 @@
 
 :mod:`medshot.cli` hands a command over to this module when its input is a volume (a 3D NIfTI
 without ``--slice``, or a DICOM series folder) or its template JSON describes one. The behaviour
-matches the 2D commands: every input is checked before anything is written, outputs are written
-atomically, and a problem a user can fix is one line naming the file.
+matches the 2D commands: every input is checked before anything is written (volume targets by
+their headers only: reading 2,000 CT volumes twice would double a night's I/O, so a problem in a
+volume's data fails that target alone), the batch runs through the same loop as 2D
+(:mod:`medshot.batch`: isolation, run record, ``--resume``, workers), and a problem a user can fix
+is one line naming the file.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
@@ -58,18 +60,22 @@ def list_volume_targets(paths: list[str]) -> list[Path]:
     """Expand targets into volume paths, checking each cheaply (headers only) before any work.
 
     A target is a 3D NIfTI file, a DICOM series folder, or a folder holding 3D NIfTI files and/or
-    DICOM series sub-folders.
+    DICOM series sub-folders; medshot's own outputs (``*_mask.nii.gz``, folders holding a run record)
+    are never taken as targets.
     """
+    from ..outdir import is_output_name, refuse_output_folder
+
     out: list[Path] = []
     for p in map(Path, paths):
         if not p.exists():
             raise MedshotError("file not found", p)
         if p.is_dir():
+            refuse_output_folder(p)
             if is_dicom_series_dir(p):
                 out.append(p)
                 continue
-            found = [q for q in sorted(p.iterdir()) if (q.is_file() and _is_nifti(q)) or
-                     (q.is_dir() and is_dicom_series_dir(q))]
+            found = [q for q in sorted(p.iterdir()) if (q.is_file() and _is_nifti(q) and not is_output_name(q))
+                     or (q.is_dir() and is_dicom_series_dir(q))]
             if not found:
                 hint = " (a single DICOM file is not a series)" if dicom_files(p) else ""
                 raise MedshotError(f"folder holds no volume (3D .nii/.nii.gz or DICOM series folder){hint}", p)
@@ -106,13 +112,6 @@ def _make_volume_shot(args: argparse.Namespace):
                       window=tuple(args.window) if args.window else None, backbone_options=backbone_options(args))
 
 
-def _progress(items, args, desc):
-    from tqdm import tqdm
-
-    return tqdm(items, desc=desc, unit="volume", disable=getattr(args, "quiet", False) or len(items) < 2,
-                file=sys.stderr)
-
-
 def _unique_stems(targets: list[Path]) -> None:
     stems = [volume_stem(t) for t in targets]
     if len(set(stems)) != len(stems):
@@ -120,56 +119,87 @@ def _unique_stems(targets: list[Path]) -> None:
         raise MedshotError(f"several targets share the name(s) {', '.join(dup)}; outputs would collide")
 
 
+LANDMARKS_HEADER_3D = ["target", "landmark", "i", "j", "k", "x_mm", "y_mm", "z_mm", "confidence", "status", "reason"]
+RESULTS_HEADER_3D = ["target", "label", "volume_voxels", "volume_ml", "score", "seconds", "status", "reason"]
+
+
+def _load_target(path: Path):
+    from ..io import check_contrast
+    from .io3d import load_volume
+
+    vol = load_volume(path)
+    check_contrast(vol.array, path)
+    return vol
+
+
+def localize_work_3d(shot, path: Path) -> tuple[dict[str, bytes], list[list]]:
+    """One target of ``medshot localize`` on volumes: one row per landmark (voxels and mm)."""
+    from ..pipeline import score_status
+
+    result = shot.localize(_load_target(path))
+    return {}, [[lm.name, *[round(float(v), 3) for v in lm.ijk], *[round(float(v), 3) for v in lm.xyz],
+                 round(lm.confidence, 4), score_status(lm.confidence)] for lm in result.landmarks]
+
+
+def segment_work_3d(shot, path: Path) -> tuple[dict[str, bytes], list[list]]:
+    """One target of ``medshot segment`` on volumes: its label map, an overlay per structure, a row per label."""
+    from ..outputs import file_label_values, png_bytes
+    from ..pipeline import score_status
+    from .io3d import label_volume_bytes
+
+    vol = _load_target(path)
+    start = time.perf_counter()
+    result = shot.segment(vol)
+    seconds = time.perf_counter() - start
+    vol = result.volume
+    stem = volume_stem(path)
+    values = shot.template.label_values
+    files = {stem + "_mask.nii.gz": label_volume_bytes(file_label_values(result.label_map, values), vol)}
+    rows = []
+    for label in sorted(shot.template.labels) or sorted(int(v) for v in np.unique(result.label_map) if v):
+        value = values.get(label, label)
+        pic = structure_overlay(vol.array, result.label_map, label, vol.spacing, result.window)
+        if pic is not None:
+            files[f"{stem}_label{value}_overlay.png"] = png_bytes(pic)
+        n = int(np.sum(result.label_map == label))
+        score = result.scores.get(label, 0.0)
+        rows.append([value, n, round(n * vol.voxel_ml, 4), round(score, 4), round(seconds, 3), score_status(score)])
+    return files, rows
+
+
+def _run_3d(args: argparse.Namespace, spec, shot) -> int:
+    from ..batch import run_batch
+    from ..cli import batch_settings, check_batch_options, refuse_overwriting_inputs
+    from ..outdir import refuse_out_in_targets
+
+    check_batch_options(args)
+    targets = list_volume_targets(args.targets)
+    refuse_out_in_targets(args.out, args.targets, targets)
+    t = shot.template
+    if spec.command == "segment":
+        _unique_stems(targets)
+        names = [volume_stem(p) + "_mask.nii.gz" for p in targets]
+        refuse_overwriting_inputs(args.out, names, [args.template, t.image_path, t.mask_path, *targets])
+    return run_batch(spec, shot, targets, args.out, batch_settings(args, t), resume=args.resume,
+                     workers=args.workers, scheduler=args.scheduler, quiet=args.quiet)
+
+
 def cmd_localize_3d(args: argparse.Namespace) -> int:
-    from ..io import OutputSet, write_csv
+    from ..batch import BatchSpec
 
     shot = _make_volume_shot(args)
     if not shot.template.landmarks:
         raise MedshotError("template has no landmarks to localize", args.template)
-    targets = list_volume_targets(args.targets)
-    rows = []
-    with OutputSet(args.out, protect=targets) as out:
-        for path in _progress(targets, args, "localize"):
-            result = shot.localize(path)
-            for lm in result.landmarks:
-                rows.append([str(path), lm.name, *[round(float(v), 3) for v in lm.ijk],
-                             *[round(float(v), 3) for v in lm.xyz], round(lm.confidence, 4)])
-        write_csv(out.path_for("landmarks.csv"),
-                  ["target", "landmark", "i", "j", "k", "x_mm", "y_mm", "z_mm", "confidence"], rows)
-    print(f"wrote {Path(args.out) / 'landmarks.csv'}: {len(rows)} landmarks in {len(targets)} volumes")
-    return 0
+    return _run_3d(args, BatchSpec("localize", "landmarks.csv", LANDMARKS_HEADER_3D, localize_work_3d, "volume"), shot)
 
 
 def cmd_segment_3d(args: argparse.Namespace) -> int:
-    from ..io import OutputSet, save_png, write_csv
-    from .io3d import save_label_volume
+    from ..batch import BatchSpec
 
     shot = _make_volume_shot(args)
     if shot.template.mask is None:
         raise MedshotError("template has no label map to segment", args.template)
-    targets = list_volume_targets(args.targets)
-    _unique_stems(targets)
-    rows = []
-    with OutputSet(args.out, protect=targets) as out:
-        for path in _progress(targets, args, "segment"):
-            start = time.perf_counter()
-            result = shot.segment(path)
-            seconds = time.perf_counter() - start
-            vol = result.volume
-            stem = volume_stem(path)
-            save_label_volume(out.path_for(stem + "_mask.nii.gz"), result.label_map, vol)
-            labels = sorted(shot.template.labels) or sorted(int(v) for v in np.unique(result.label_map) if v)
-            for label in labels:
-                pic = structure_overlay(vol.array, result.label_map, label, vol.spacing, result.window)
-                if pic is not None:
-                    save_png(out.path_for(f"{stem}_label{label}_overlay.png"), pic)
-                n = int(np.sum(result.label_map == label))
-                rows.append([str(path), label, n, round(n * vol.voxel_ml, 4),
-                             round(result.scores.get(label, 0.0), 4), round(seconds, 3)])
-        write_csv(out.path_for("results.csv"),
-                  ["target", "label", "volume_voxels", "volume_ml", "score", "seconds"], rows)
-    print(f"wrote {len(targets)} label maps, overlays and {Path(args.out) / 'results.csv'}")
-    return 0
+    return _run_3d(args, BatchSpec("segment", "results.csv", RESULTS_HEADER_3D, segment_work_3d, "volume"), shot)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -231,8 +231,9 @@ def load_volume(path: str | Path) -> Volume:
         raise MedshotError(f"cannot read volume ({type(exc).__name__}: {exc})", path) from exc
     if min(vol.shape) < 2:
         raise MedshotError(f"expected a 3D volume, got shape {vol.source_shape}", path)
-    if not np.all(np.isfinite(vol.array)):
-        vol.array = np.nan_to_num(vol.array, nan=0.0, posinf=0.0, neginf=0.0)
+    from ..io import fill_missing
+
+    vol.array = fill_missing(vol.array, vol.meta, path)
     return vol
 
 
@@ -259,6 +260,8 @@ def load_dicom_series(folder: str | Path) -> Volume:
     RescaleSlope/RescaleIntercept are applied per slice.
     """
     import pydicom
+
+    from ..io import dicom_pixels
 
     folder = Path(folder)
     files = dicom_files(folder)
@@ -311,7 +314,9 @@ def load_dicom_series(folder: str | Path) -> Volume:
         f = headers[idx][0]
         try:
             ds = pydicom.dcmread(str(f))
-            pix = ds.pixel_array.astype(np.float32)
+            pix = dicom_pixels(ds, f).astype(np.float32)
+        except MedshotError:
+            raise
         except Exception as exc:  # noqa: BLE001
             raise MedshotError(f"cannot read DICOM pixels ({type(exc).__name__}: {exc})", f) from exc
         if pix.shape != (rows, cols):
@@ -331,11 +336,12 @@ def load_dicom_series(folder: str | Path) -> Volume:
     return from_array(data, affine, folder, "dicom", meta)
 
 
-def load_label_volume(path: str | Path, like: Volume) -> np.ndarray:
-    """Read a label map (0 = background) in the geometry of ``like``: canonical ``uint16`` array.
+def read_label_volume(path: str | Path, like: Volume) -> tuple[np.ndarray, dict[int, int]]:
+    """Read a label map (0 = background) in the geometry of ``like``: canonical ``uint16`` labels.
 
     The map must cover the same voxels as ``like`` (same world geometry, whatever its own axis
-    order); binary 0/255 maps become 0/1.
+    order). A binary 0/255 map is worked on as 0/1; the second value returned, ``{1: 255}`` then
+    (``{}`` otherwise), lets outputs be written with the file's own values.
     """
     path = Path(path)
     vol = load_volume(path)
@@ -353,8 +359,13 @@ def load_label_volume(path: str | Path, like: Volume) -> np.ndarray:
     labels = np.round(labels).astype(np.uint16)
     values = np.unique(labels)
     if len(values) == 2 and values[0] == 0 and values[1] == 255:
-        labels = (labels > 0).astype(np.uint16)
-    return labels
+        return (labels > 0).astype(np.uint16), {1: 255}
+    return labels, {}
+
+
+def load_label_volume(path: str | Path, like: Volume) -> np.ndarray:
+    """:func:`read_label_volume`'s labels alone (binary 0/255 maps become 0/1)."""
+    return read_label_volume(path, like)[0]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -362,14 +373,14 @@ def load_label_volume(path: str | Path, like: Volume) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------
 
 
-def save_label_volume(path: Path, canonical_labels: np.ndarray, like: Volume) -> None:
-    """Write a canonical label map as ``.nii.gz`` with exactly ``like``'s source affine, shape and orientation."""
+def label_volume_bytes(canonical_labels: np.ndarray, like: Volume) -> bytes:
+    """A canonical label map as ``.nii.gz`` bytes with exactly ``like``'s source affine, shape and orientation."""
     import nibabel as nib
 
-    from ..io import save_nifti_gz
+    from ..outputs import label_dtype, nifti_gz_bytes
 
     labels = np.asarray(canonical_labels)
-    dtype = np.uint8 if labels.size == 0 or int(labels.max()) < 256 else np.uint16
+    dtype = label_dtype(labels)
     data = like.to_source_array(labels.astype(dtype, copy=False))
     img = nib.Nifti1Image(data, like.source_affine)
     # Keep the source's codes (scanner vs aligned space); a DICOM-derived target is scanner space.
@@ -378,4 +389,9 @@ def save_label_volume(path: Path, canonical_labels: np.ndarray, like: Volume) ->
     img.set_qform(like.source_affine, code=qcode)
     img.set_sform(like.source_affine, code=scode)
     img.header.set_data_dtype(dtype)
-    save_nifti_gz(path, img)
+    return nifti_gz_bytes(img)
+
+
+def save_label_volume(path: Path, canonical_labels: np.ndarray, like: Volume) -> None:
+    """Write :func:`label_volume_bytes` to ``path``."""
+    Path(path).write_bytes(label_volume_bytes(canonical_labels, like))

@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import MedshotError
-from ..io import write_text_atomic
+from ..io import check_contrast, write_text_atomic
 from ..template import choose_labels
-from .io3d import Volume, load_label_volume, load_volume, volume_stem
+from .io3d import Volume, load_volume, read_label_volume, volume_stem
 
 KIND = "volume"
 
@@ -53,6 +53,7 @@ class VolumeTemplate:
     window: tuple[float, float] | None = None
     _image: Volume | None = field(default=None, repr=False)
     _mask: np.ndarray | None = field(default=None, repr=False)
+    _label_values: dict[int, int] = field(default_factory=dict, repr=False)
 
     @property
     def image(self) -> Volume:
@@ -66,8 +67,14 @@ class VolumeTemplate:
         if self.mask_path is None:
             return None
         if self._mask is None:
-            self._mask = load_label_volume(self.mask_path, self.image)
+            self._mask, self._label_values = read_label_volume(self.mask_path, self.image)
         return self._mask
+
+    @property
+    def label_values(self) -> dict[int, int]:
+        """Label -> the value the mask file holds for it where they differ (``{1: 255}`` for a 0/255 mask)."""
+        _ = self.mask
+        return dict(self._label_values)
 
     @property
     def landmarks_ijk(self) -> np.ndarray:
@@ -114,6 +121,7 @@ class VolumeTemplate:
     def validate(self) -> None:
         """Check that the image loads and every annotation fits it; raise a one-line error if not."""
         vol = self.image
+        check_contrast(vol.array, self.image_path)
         shape = np.array(vol.source_shape)
         for lm in self.landmarks:
             if np.any(lm.ijk < -0.5) or np.any(lm.ijk > shape - 0.5):
@@ -179,15 +187,9 @@ class VolumeTemplate:
 
 
 def _read_spec(json_path: Path) -> dict:
-    if not json_path.exists():
-        raise MedshotError("template file not found", json_path)
-    try:
-        spec = json.loads(json_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise MedshotError(f"not valid JSON ({exc})", json_path) from exc
-    if not isinstance(spec, dict) or "image" not in spec:
-        raise MedshotError("template JSON needs an 'image' entry", json_path)
-    return spec
+    from ..template import read_template_json
+
+    return read_template_json(json_path)
 
 
 def is_volume_template(json_path: str | Path) -> bool:

@@ -1,0 +1,308 @@
+"""One batch loop for every ``localize`` / ``segment`` command, 2D and volumes.
+
+The loop takes a prepared *shot* (the template with its features, computed once) and a *work*
+function ``work(shot, target) -> (files, rows)`` that makes one target's output files (as bytes)
+and table rows. It runs the targets here, in ``--workers N`` local processes, or on a Dask cluster
+(``--scheduler ADDRESS``), and in every case **this process commits each target's outputs as its
+result arrives**: files, then the merged table, then the run record, each atomically. So a target
+that is finished is on disk whatever happens later, a lost worker costs at most the targets it was
+running, and the output is the same whichever way the targets ran.
+
+Each target is isolated: an error while processing it becomes a ``failed`` row with the one-line
+reason, and the batch goes on. See the README ("Batches") for statuses and exit codes.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import sys
+from collections import Counter, deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import MedshotError
+from .outdir import OutputFolder, settings_key
+
+Work = Callable[[Any, Path], tuple[dict[str, bytes], list[list]]]
+STATUSES = ("ok", "low_confidence", "failed")
+# A target is retried once, alone, after a worker process died while running it; dying again fails it.
+_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
+
+
+class BatchInterrupted(KeyboardInterrupt):
+    """SIGINT during a batch, after the finished targets were committed; the message says what was kept."""
+
+
+@dataclass
+class BatchSpec:
+    """What one command writes.
+
+    Attributes
+    ----------
+    command : str
+        ``"segment"`` or ``"localize"``.
+    table : str
+        Table file name in ``--out``.
+    header : list of str
+        Its columns: ``target`` first, ``status`` and ``reason`` last.
+    work : callable
+        Module-level (picklable) ``work(shot, target_path) -> (files, rows)``; ``files`` maps output
+        names to their bytes, each row holds every column but ``target`` and ``reason`` (its status,
+        from :func:`medshot.pipeline.score_status`, last).
+    unit : str
+        ``"image"`` or ``"volume"``, for the progress bar.
+    """
+
+    command: str
+    table: str
+    header: list[str]
+    work: Work
+    unit: str = "image"
+
+
+@dataclass
+class Outcome:
+    target: str
+    files: dict[str, bytes] = field(default_factory=dict)
+    rows: list[list] = field(default_factory=list)
+    status: str = "ok"
+    reason: str = ""
+
+
+def one_line(text: str, limit: int = 400) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def run_target(work: Work, shot: Any, target: str) -> Outcome:
+    """Run ``work`` on one target; any error becomes a ``failed`` outcome with a one-line reason."""
+    try:
+        files, rows = work(shot, Path(target))
+    except MedshotError as exc:
+        same = exc.path is not None and Path(exc.path) == Path(target)
+        return Outcome(target, status="failed", reason=one_line(exc.problem if same else str(exc)))
+    except Exception as exc:  # noqa: BLE001 - isolation: one target's failure must not end the batch
+        return Outcome(target, status="failed", reason=one_line(f"{type(exc).__name__}: {exc}"))
+    full = [[target, *row, ""] for row in rows]
+    status = "low_confidence" if any(r[-2] == "low_confidence" for r in full) else "ok"
+    return Outcome(target, files, full, status)
+
+
+def run_batch(spec: BatchSpec, shot: Any, targets: list[Path], out: str | Path, settings: dict, *,
+              resume: bool = False, workers: int = 1, scheduler: str | None = None, quiet: bool = False) -> int:
+    """Process ``targets`` into ``out``; return the exit status (0, or 1 when a target failed).
+
+    Parameters
+    ----------
+    settings : dict
+        Everything that decides a target's result (template hash, backbone, options, version):
+        ``--resume`` skips a target only when it was done with equal settings.
+
+    Raises
+    ------
+    MedshotError
+        Before any target ran: the folder cannot be written, is locked, or holds another kind of table.
+    BatchInterrupted
+        On SIGINT, after every finished target was committed.
+    """
+    key = settings_key(settings)
+    names = {str(t.resolve()): t for t in targets}
+    # Problems with the workers are found before the output folder is touched.
+    blob = _ship(shot) if (workers > 1 or scheduler) else b""
+    client = _connect(scheduler) if scheduler else None
+    try:
+        with OutputFolder(out, spec.command, spec.table, spec.header) as folder:
+            return _loop(spec, shot, blob, client, names, folder, key, settings, resume, workers, quiet)
+    finally:
+        if client is not None:
+            client.close()
+
+
+def _loop(spec: BatchSpec, shot: Any, blob: bytes, client: Any, names: dict[str, Path], folder: OutputFolder,
+          key: str, settings: dict, resume: bool, workers: int, quiet: bool) -> int:
+    """The batch proper, under the folder's lock: skip what --resume allows, commit each outcome as it comes."""
+    from tqdm import tqdm
+
+    out = folder.path
+    todo = [k for k, t in names.items() if not (resume and folder.is_done(k, t, key))]
+    skipped = len(names) - len(todo)
+    folder.plan(list(names))
+    counts: Counter = Counter()
+    bar = tqdm(total=len(todo), desc=spec.command, unit=spec.unit, file=sys.stderr,
+               disable=quiet or len(todo) < 2)
+    try:
+        for outcome in _execute(spec.work, shot, blob, todo, workers, client):
+            # A failed target (or one with nothing to report) still gets its row: the table lists every target.
+            rows = outcome.rows or [[outcome.target, *[""] * (len(spec.header) - 3), outcome.status, outcome.reason]]
+            folder.commit_target(outcome.target, names[outcome.target], outcome.files, rows, outcome.status,
+                                 key, settings)
+            counts[outcome.status] += 1
+            if outcome.status == "failed":
+                bar.write(f"medshot: {outcome.target}: failed: {outcome.reason}", file=sys.stderr)
+            bar.update()
+    except KeyboardInterrupt as exc:
+        bar.close()
+        done = sum(counts.values())
+        raise BatchInterrupted(f"{done} of {len(todo)} targets finished; their outputs are kept in {out} (run "
+                               f"again with --resume to do the rest)") from exc
+    bar.close()
+    summary = ", ".join(f"{counts[s]} {s}" for s in STATUSES)
+    extra = f", {skipped} skipped (done before with the same settings)" if skipped else ""
+    print(f"{spec.command}: {len(todo)} targets: {summary}{extra}; table: {Path(out) / spec.table}")
+    return 1 if counts["failed"] else 0
+
+
+# ------------------------------------------------------------------------------------------------
+# Executors: each yields one Outcome per target, in completion order.
+# ------------------------------------------------------------------------------------------------
+
+
+def _execute(work: Work, shot: Any, blob: bytes, todo: list[str], workers: int, client: Any) -> Iterator[Outcome]:
+    if client is not None:
+        yield from _on_dask(work, shot, todo, client)
+    elif workers > 1 and len(todo) > 1:
+        yield from _in_processes(work, blob, todo, workers)
+    else:
+        for target in todo:
+            yield run_target(work, shot, target)
+
+
+def _ship(shot: Any) -> bytes:
+    try:
+        return pickle.dumps(shot, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:  # noqa: BLE001 - whatever the backbone holds that cannot travel
+        raise MedshotError(f"this backbone/segmenter cannot be sent to worker processes ({type(exc).__name__}: "
+                           f"{one_line(str(exc), 120)}); run without --workers/--scheduler") from exc
+
+
+_SHOT: Any = None
+
+
+def _init_worker(shot_bytes: bytes, threads: int) -> None:
+    import signal
+
+    global _SHOT
+    # Ctrl-C reaches the whole process group; the parent alone decides what happens then.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(threads)
+    except ImportError:
+        pass
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
+    _SHOT = pickle.loads(shot_bytes)
+
+
+def _worker_run(work: Work, target: str) -> Outcome:
+    return run_target(work, _SHOT, target)
+
+
+def _in_processes(work: Work, blob: bytes, todo: list[str], workers: int) -> Iterator[Outcome]:
+    """``workers`` spawned processes, each holding one copy of the shot; at most one target each in flight.
+
+    Keeping the number in flight to the number of processes means that when a process dies (killed, out
+    of memory) the targets it may have been running are known: each is then retried alone, and fails
+    only if it takes a process down by itself.
+    """
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
+
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    saved = {v: os.environ.get(v) for v in _THREAD_VARIABLES}
+    for v in _THREAD_VARIABLES:  # read by BLAS/OpenMP when a spawned worker imports numpy
+        os.environ.setdefault(v, str(threads))
+
+    def new_pool() -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_init_worker, initargs=(blob, threads))
+
+    queue, suspects = deque(todo), deque()
+    pool = new_pool()
+    inflight: dict = {}
+    try:
+        while queue or suspects or inflight:
+            if suspects:
+                if not inflight:
+                    t = suspects.popleft()
+                    inflight[pool.submit(_worker_run, work, t)] = (t, True)
+            else:
+                while queue and len(inflight) < workers:
+                    t = queue.popleft()
+                    inflight[pool.submit(_worker_run, work, t)] = (t, False)
+            done, _ = wait(inflight, return_when=FIRST_COMPLETED)
+            broken = False
+            for fut in done:
+                t, alone = inflight.pop(fut)
+                try:
+                    yield fut.result()
+                except BrokenProcessPool:
+                    broken = True
+                    if alone:
+                        yield Outcome(t, status="failed", reason="its worker process died while processing it "
+                                                                  "(killed, or out of memory?)")
+                    else:
+                        suspects.append(t)
+            if broken:
+                for fut in list(inflight):  # a broken pool fails every future at once
+                    suspects.append(inflight.pop(fut)[0])
+                pool.shutdown(wait=False, cancel_futures=True)
+                pool = new_pool()
+    finally:
+        processes = list((getattr(pool, "_processes", None) or {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        # Running targets would otherwise finish before the interpreter exits; a stopped batch stops now.
+        for proc in processes:
+            proc.terminate()
+        for v, old in saved.items():
+            if old is None:
+                os.environ.pop(v, None)
+            else:
+                os.environ[v] = old
+
+
+def _dask_run(work: Work, shot: Any, target: str) -> Outcome:
+    return run_target(work, shot, target)
+
+
+def _connect(address: str) -> Any:
+    """A client of the Dask scheduler at ``address``; one-line errors without Dask or without a scheduler."""
+    try:
+        from distributed import Client
+    except ImportError as exc:
+        raise MedshotError('--scheduler needs Dask: pip install "medshot[dask]"') from exc
+    try:
+        return Client(address, timeout="10s")
+    except Exception as exc:  # noqa: BLE001 - OSError, TimeoutError, ValueError for a bad address
+        raise MedshotError(f"cannot reach the Dask scheduler at {address} ({type(exc).__name__}: "
+                           f"{one_line(str(exc), 160)})") from exc
+
+
+def _on_dask(work: Work, shot: Any, todo: list[str], client: Any) -> Iterator[Outcome]:
+    """Targets as tasks on an existing Dask cluster; the shot is sent to every worker once.
+
+    The workers read the targets from the same paths, so they must see this machine's file system
+    (a shared file system on a cluster); the outputs come back here and are written by this process.
+    A task whose worker is lost is run again elsewhere by Dask; one that keeps losing its workers
+    (Dask's ``allowed-failures``) fails alone.
+    """
+    from distributed import as_completed
+
+    shot_future = client.scatter(shot, broadcast=True, hash=False)
+    futures = {client.submit(_dask_run, work, shot_future, t, pure=False): t for t in todo}
+    try:
+        for fut in as_completed(futures):
+            t = futures[fut]
+            try:
+                yield fut.result()
+            except Exception as exc:  # noqa: BLE001 - KilledWorker, a lost connection: this target only
+                yield Outcome(t, status="failed", reason=one_line(f"the Dask worker running it was lost "
+                                                                  f"({type(exc).__name__}: {exc})"))
+    finally:
+        for fut in futures:
+            fut.cancel()
