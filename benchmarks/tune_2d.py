@@ -50,6 +50,9 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     "default": ({}, {}),
     "no-deform": ({}, {"deformation": "none"}),
     "demons": ({}, {"deformation": "demons"}),
+    "feature-deform": ({}, {"deformation": "features"}),
+    "rw-strict": ({"segmenter": "classical:min_agreement=0.8"}, {}),
+    "rw-narrow": ({"segmenter": "classical:band=0.12"}, {}),
     "carried-mask": ({"segmenter": "carried"}, {}),
     "no-intensity": ({}, {"intensity": False}),
     "no-identity": ({}, {"identity": False}),
@@ -74,7 +77,12 @@ def run_variant(name: str, task: str, data: Path, cache: dict) -> dict[str, floa
         pending = [g for g in names if g != t_name and f"{name}|{task}|{t_name}|{g}" not in cache]
         if pending:
             template = make_template(dataset.case(t_name), dataset.label_names)
-            shot = medshot.OneShot(template, options=_options(**copy.deepcopy(changes)), **kwargs)
+            kw = dict(kwargs)
+            if ":" in kw.get("segmenter", ""):
+                seg, _, opts = kw["segmenter"].partition(":")
+                kw["segmenter"] = medshot.get_segmenter(seg, **{k: float(v) for k, v in
+                                                                 (o.split("=") for o in opts.split(","))})
+            shot = medshot.OneShot(template, options=_options(**copy.deepcopy(changes)), **kw)
             for g_name in pending:
                 target = dataset.case(g_name)
                 start = time.perf_counter()

@@ -14,7 +14,9 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from .confidence import label_score, landmark_confidence
 from .errors import MedshotError
+from .evidence import Evidence
 from .features import Backbone, FeatureMap, get_backbone, l2_normalize
 from .features.classical import classical_features
 from .io import Image2D, load_image, normalize_intensity
@@ -54,6 +56,7 @@ class TargetResult:
     seconds: float = 0.0
     correspondence_score: float = 0.0
     correspondence: str = ""  # which candidate correspondence was chosen
+    evidence: dict = field(default_factory=dict)  # label or landmark name -> what its score was computed from
 
     @property
     def landmarks_xy(self) -> np.ndarray:
@@ -141,6 +144,14 @@ class OneShot:
         # for a slow backbone its descriptors are resampled instead.
         self._side = TemplateSide(self._template.work, self._template.reduced, roi, self._describe_coarse,
                                   self._describe_dense if self._pixel_level else None, self.options)
+        labels = {}
+        if template.mask is not None:
+            coords = grid_coords(np.linalg.inv(self._template.to_work), self._template.work.shape)
+            work_mask = ndimage.map_coordinates(template.mask, coords, order=0, mode="nearest")
+            labels = {int(k): work_mask == k for k in np.unique(template.mask) if k != 0}
+        self._evidence = Evidence(self._template.work, self._side.informative, labels,
+                                  self._template.xy_to_work(template.landmarks_xy), self.options.verify_side,
+                                  self.options.verify_sigma, self.options.verify_eps)
 
     def _work_shape(self, shape: tuple[int, int]) -> tuple[int, int]:
         side = int(np.clip(max(shape), self.min_work_size, self.work_size))
@@ -253,12 +264,16 @@ class OneShot:
             prepared, corr = self._baseline(target, baseline)
         result = TargetResult(prepared.image, correspondence_score=corr.score, correspondence=corr.chosen.name)
         if landmarks and self.template.landmarks:
-            result.landmarks = self._landmarks(prepared, corr, refine=self.refine_landmarks and baseline is None)
+            refine = self.refine_landmarks and baseline is None
+            result.landmarks, evidence = self._landmarks(prepared, corr, refine)
+            result.evidence.update(evidence)
         if masks and (self.template.prompts or self.template.mask is not None):
             if baseline is None:
-                result.label_map, result.scores = self._masks(prepared, corr)
+                result.label_map, result.scores, evidence = self._masks(prepared, corr)
+                result.evidence.update(evidence)
             elif self.template.mask is not None:
-                result.label_map = self._carry_mask(self.template.mask, prepared, corr).astype(np.uint8)
+                carried = self._carry_mask(self.template.mask, prepared, corr)
+                result.label_map = carried.astype(np.uint8 if carried.max(initial=0) < 256 else np.uint16)
         result.seconds = time.perf_counter() - start
         return result
 
@@ -289,7 +304,8 @@ class OneShot:
         data, _ = self._side.at(corr.backward)
         return FeatureMap(data, (1.0, 1.0), (0.0, 0.0), prepared.work.shape)
 
-    def _landmarks(self, prepared: _Prepared, corr: Correspondence, refine: bool) -> list[LandmarkResult]:
+    def _landmarks(self, prepared: _Prepared, corr: Correspondence,
+                   refine: bool) -> tuple[list[LandmarkResult], dict[str, object]]:
         t = self._template
         carried = corr.forward(t.xy_to_work(self.template.landmarks_xy))  # target working (row, col)
         h, w = prepared.work.shape
@@ -301,14 +317,19 @@ class OneShot:
             m = match_points(warped, target_map, start_xy, initial_xy=start_xy,
                              radius=self.search_radius * diag, prior_sigma=self.prior_sigma * diag,
                              patch_radius=self.patch_radius)
-            rc, conf, mutual = m.xy[:, ::-1], m.confidence, m.mutual
+            rc, peak, mutual = m.xy[:, ::-1], m.confidence, m.mutual
+            moved = np.hypot(*(rc - carried).T) / (self.search_radius * diag)
+            evidence = self._evidence.for_landmarks(prepared.work, corr, peak, mutual, moved)
+            conf = [landmark_confidence(e) for e in evidence]
         else:
-            rc, conf, mutual = carried, np.full(len(carried), max(0.0, corr.score)), np.ones(len(carried), bool)
+            rc, conf, mutual = carried, np.full(len(carried), np.nan), np.ones(len(carried), bool)
+            evidence = []
         xy_img = prepared.work_to_xy(rc)
-        return [LandmarkResult(lm.name, float(p[0]), float(p[1]), float(c), bool(mu))
-                for lm, p, c, mu in zip(self.template.landmarks, xy_img, conf, mutual)]
+        return ([LandmarkResult(lm.name, float(p[0]), float(p[1]), float(c), bool(mu))
+                 for lm, p, c, mu in zip(self.template.landmarks, xy_img, conf, mutual)],
+                {lm.name: e for lm, e in zip(self.template.landmarks, evidence)})
 
-    def _masks(self, prepared: _Prepared, corr: Correspondence) -> tuple[np.ndarray, dict[int, float]]:
+    def _masks(self, prepared: _Prepared, corr: Correspondence) -> tuple[np.ndarray, dict[int, float], dict]:
         t = self._template
         H, W = prepared.normalized.shape
         template_mask = self.template.mask
@@ -331,11 +352,12 @@ class OneShot:
             prompts.append(Prompt(label, pos, neg, box_xyxy=box, mask=region))
         segs = self.segmenter.segment(prepared.normalized, prompts)
         label_map = np.zeros((H, W), np.uint8 if max(labels, default=0) < 256 else np.uint16)
-        scores = {}
         for s in segs:
             label_map[s.mask] = s.label
-            scores[s.label] = float(s.score)
-        return label_map, scores
+        evidence = self._evidence.for_labels(prepared.work, corr, {s.label: s.mask for s in segs}, coarse)
+        # A label the template has no mask for (prompts only) keeps the segmenter's own score.
+        scores = {s.label: label_score(evidence[s.label]) if s.label in evidence else float(s.score) for s in segs}
+        return label_map, scores, evidence
 
     def _carry_mask(self, template_mask: np.ndarray, prepared: _Prepared, corr: Correspondence) -> np.ndarray:
         """Pull the template's label map through the backward correspondence onto the target's full grid."""

@@ -120,3 +120,54 @@ def _invert(sx: np.ndarray, sy: np.ndarray, p: np.ndarray) -> np.ndarray:
         if np.hypot(*step) < 1e-4:
             break
     return t
+
+
+def place(case: Case, angle_deg: float = 0.0, scale: float = 1.0, out_shape: tuple[int, int] | None = None,
+          center_xy: tuple[float, float] | None = None, noise: float = 0.02, seed: int = 0) -> Case:
+    """The case turned by ``angle_deg``, scaled by ``scale`` and centred at ``center_xy`` of a new canvas.
+
+    Exact: the mask is resampled with nearest labels and the landmarks mapped by the same similarity.
+    """
+    H, W = case.image.shape
+    Ho, Wo = out_shape or (H, W)
+    cx, cy = center_xy if center_xy is not None else ((Wo - 1) / 2, (Ho - 1) / 2)
+    a = np.deg2rad(angle_deg)
+    A = scale * np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+    src_c = np.array([(W - 1) / 2, (H - 1) / 2])
+    t = np.array([cx, cy]) - A @ src_c
+    Ainv = np.linalg.inv(A)
+    yy, xx = np.mgrid[0:Ho, 0:Wo].astype(np.float64)
+    sx = Ainv[0, 0] * (xx - t[0]) + Ainv[0, 1] * (yy - t[1])
+    sy = Ainv[1, 0] * (xx - t[0]) + Ainv[1, 1] * (yy - t[1])
+    image = ndimage.map_coordinates(case.image, [sy, sx], order=1, mode="constant", cval=0.0)
+    image = image + noise * np.random.default_rng(seed).normal(size=image.shape)
+    mask = ndimage.map_coordinates(case.mask, [sy, sx], order=0, mode="constant", cval=0)
+    lms = case.landmarks_xy @ A.T + t
+    return Case(np.clip(image, 0, 1).astype(np.float32), mask.astype(np.uint8), lms)
+
+
+def ultrasound_frame(case: Case, apex_xy: tuple[float, float] | None = None, half_angle_deg: float = 38.0,
+                     text: bool = True) -> Case:
+    """The case seen through an ultrasound-like acquisition frame: speckled tissue inside a fan-shaped
+    sector and black outside it, bright burnt-in text blocks in a corner and calibration ticks along
+    one side (labels and landmarks unchanged; callers keep the structure inside the fan)."""
+    H, W = case.image.shape
+    ax, ay = apex_xy if apex_xy is not None else ((W - 1) / 2, -0.15 * H)
+    yy, xx = np.mgrid[0:H, 0:W].astype(np.float64)
+    angle = np.degrees(np.arctan2(xx - ax, yy - ay))
+    radius = np.hypot(xx - ax, yy - ay)
+    fan = (np.abs(angle) <= half_angle_deg) & (radius <= 1.05 * H - ay) & (radius >= 0.2 * H)
+    speckle = ndimage.gaussian_filter(np.random.default_rng(3).rayleigh(size=(H, W)), 1.0)
+    tissue = 0.25 * speckle / speckle.mean()
+    image = np.where(fan, np.maximum(case.image, tissue), 0.0)
+    if text:
+        rng = np.random.default_rng(7)
+        for row in range(3):  # three lines of blocky "characters" in the top-left corner
+            for col in range(6):
+                if rng.random() < 0.75:
+                    y0, x0 = int(0.03 * H) + row * max(4, int(0.05 * H)), int(0.02 * W) + col * max(3, int(0.035 * W))
+                    image[y0: y0 + max(2, int(0.03 * H)), x0: x0 + max(2, int(0.02 * W))] = 1.0
+        for k in range(8):  # calibration ticks along the right edge
+            y0 = int((0.15 + 0.09 * k) * H)
+            image[y0: y0 + 2, W - max(6, int(0.04 * W)): W - 2] = 1.0
+    return Case(image.astype(np.float32), case.mask.copy(), case.landmarks_xy.copy())

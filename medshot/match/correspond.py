@@ -35,9 +35,14 @@ class CorrespondOptions:
     search: SearchOptions = field(default_factory=SearchOptions)
     refine: RefineOptions = field(default_factory=RefineOptions)
     verify_side: int = 128
+    verify_sigma: float = 0.5  # gradient smoothing of the verifier, pixels of its grid
+    verify_eps: float = 1.0  # NGF edge-noise level, times the template's median gradient magnitude
+    # In-plane orientation is standardised in most acquisitions: a candidate turned by a half turn must
+    # verify this much (fraction) better than an upright one to be chosen; a quarter turn half as much.
+    turn_penalty: float = 0.1
     identity: bool = True  # no motion is always a candidate
     intensity: bool = True  # so is a mutual-information affine
-    deformation: str = "features"  # "features", "demons" or "none"
+    deformation: str = "demons"  # "demons", "features" or "none"
 
 
 @dataclass
@@ -106,6 +111,11 @@ def invert_field(backward: np.ndarray, points: np.ndarray, guess: np.ndarray, it
     return t
 
 
+def turn(matrix: np.ndarray) -> float:
+    """In-plane rotation (radians) of a 2D affine's linear part."""
+    return float(np.arctan2(matrix[1, 0] - matrix[0, 1], matrix[0, 0] + matrix[1, 1]))
+
+
 class TemplateSide:
     """Everything about the template that every target reuses: computed once.
 
@@ -130,9 +140,11 @@ class TemplateSide:
         self.image = np.asarray(image, np.float32)
         self.features = features
         self.roi = np.asarray(roi, bool)
-        self.weight = self.roi * (0.1 + 0.9 * informativeness(features))
+        self.informative = informativeness(features)
+        self.weight = self.roi * (0.1 + 0.9 * self.informative)
         self.bank: PoseBank = build_bank(self.image, self.roi, describe_coarse, self.options.search)
-        self.verifier = Verifier(self.image, self.weight, self.options.verify_side)
+        self.verifier = Verifier(self.image, self.weight, self.options.verify_side, self.options.verify_sigma,
+                                 self.options.verify_eps)
         self.at = template_sampler(self.image, self.roi, features, describe)
 
 
@@ -175,8 +187,11 @@ def correspond(template: TemplateSide, target: np.ndarray, target_features: np.n
     if not candidates:  # every candidate implausible: fall back to no motion, whatever it scores
         M = scale_matrix(np.array(target.shape, float) / np.array(template.image.shape, float))
         candidates.append(Candidate("identity", M, verify(target, M)))
-    candidates.sort(key=lambda c: -c.verification.score)
+    candidates.sort(key=lambda c: -c.verification.score * (1 - options.turn_penalty * (1 - np.cos(turn(c.matrix))) / 2))
     chosen = candidates[0]
+    affine_only = grid_coords(np.linalg.inv(chosen.matrix), target.shape)
+    if options.deformation == "none":
+        return Correspondence(affine_only, chosen.matrix, chosen, candidates)
     if options.deformation == "features":
         level = TargetLevel(target_features, options.refine.deform_side) \
             if options.refine.deform_side != options.refine.affine_side else level
@@ -186,5 +201,12 @@ def correspond(template: TemplateSide, target: np.ndarray, target_features: np.n
 
         backward = demons_backward(template.image, target, chosen.matrix)
     else:
-        backward = grid_coords(np.linalg.inv(chosen.matrix), target.shape)
-    return Correspondence(backward, chosen.matrix, chosen, candidates)
+        raise ValueError(f"unknown deformation '{options.deformation}' (demons, features or none)")
+    # The deformation answers to the same criterion as the candidates: where it makes the target's edges
+    # agree less with the template's (a deformation chasing speckle or noise), the affine stands.
+    deformed = Correspondence(backward, chosen.matrix, chosen, candidates)
+    level_points = grid_coords(np.linalg.inv(verify.to_level), verify.shape).reshape(2, -1).T
+    at = deformed.forward(level_points).T.reshape((2, *verify.shape))
+    if verify.score_coords(target, at).score < chosen.verification.score:
+        return Correspondence(affine_only, chosen.matrix, chosen, candidates)
+    return deformed

@@ -80,11 +80,12 @@ class PoseBank:
         return int(self.features[0].shape[1])
 
     def spectra(self, fshape: tuple[int, int]) -> list[tuple[np.ndarray, np.ndarray, float]]:
-        """Per angle: spectrum of the weighted canvas, of its weights, and the total weight (cached by shape)."""
+        """Per angle: spectrum of the weighted canvas, integral image of its weights, and their total (cached)."""
         if fshape not in self._spectra:
             self._spectra.clear()  # one target size at a time is the common case; keep memory flat
             self._spectra[fshape] = [
-                (sfft.rfft2((f * w)[:, ::-1, ::-1], s=fshape), sfft.rfft2(w[::-1, ::-1], s=fshape), float(w.sum()))
+                (sfft.rfft2((f * w)[:, ::-1, ::-1], s=fshape), np.pad(w.cumsum(0).cumsum(1), ((1, 0), (1, 0))),
+                 float(w.sum()))
                 for f, w in zip(self.features, self.weights)
             ]
         return self._spectra[fshape]
@@ -148,33 +149,48 @@ def search(bank: PoseBank, target_shape: tuple[int, int], describe_target: Calla
     fshape = (fft_size(biggest[0] + n), fft_size(biggest[1] + n))
     spectra = bank.spectra(fshape)
     found: list[Pose] = []
+    half = max(1, n // 8)  # peaks closer than this (search pixels) are one peak
     for s in scales:
         shape = shapes[s]
         f = shape[0] / H  # target working -> search grid (rows; columns alike up to rounding)
         fx = shape[1] / W
         feats = project(bank.basis, describe_target(shape))
         F = sfft.rfft2(feats, s=fshape)
-        Fv = sfft.rfft2(np.ones(shape, np.float32), s=fshape)
-        window = max(3, n // 4)
-        for a, (Tf, Wf, area) in zip(bank.angles, spectra):
+        valid = (shape[0] + n - 1, shape[1] + n - 1)  # correlation indices where canvas and target overlap
+        for a, (Tf, integral, area), in zip(bank.angles, spectra):
             if area < 2:
                 continue
-            corr = sfft.irfft2((Tf * F).sum(0), s=fshape)
-            ov = sfft.irfft2(Wf * Fv, s=fshape)
-            frac = np.clip(ov / area, 1e-6, 1.0)
+            corr = sfft.irfft2((Tf * F).sum(0), s=fshape)[: valid[0], : valid[1]]
+            frac = np.clip(_overlap(integral, n, shape) / area, 1e-6, 1.0)
             score = np.where(frac > options.min_overlap, corr / area * frac ** (options.overlap_power - 1), -np.inf)
-            peaks = (score == ndimage.maximum_filter(score, size=window)) & np.isfinite(score)
-            idx = np.flatnonzero(peaks)
-            for k in idx[np.argsort(score.ravel()[idx])[::-1][: options.peaks_per_map]]:
-                ky, kx = np.unravel_index(k, score.shape)
+            for _ in range(options.peaks_per_map):
+                k = int(np.argmax(score))
+                ky, kx = divmod(k, valid[1])
+                if not np.isfinite(score[ky, kx]):
+                    break
                 # correlation index k pairs canvas pixel 0 with target pixel k - (n - 1); the centre is (n - 1) / 2
                 at = np.array([ky - (n - 1) / 2, kx - (n - 1) / 2])
                 at_work = np.array([(at[0] + 0.5) / f - 0.5, (at[1] + 0.5) / fx - 0.5])
                 M = rotation_2d(a, s, (0.0, 0.0))
                 M[:2, 2] = at_work - M[:2, :2] @ bank.center
                 found.append(Pose(float(score[ky, kx]), float(a), float(s), M))
+                score[max(0, ky - half): ky + half + 1, max(0, kx - half): kx + half + 1] = -np.inf
     found.sort(key=lambda p: -p.score)
     return distinct(found, bank, options)
+
+
+def _overlap(integral: np.ndarray, n: int, shape: tuple[int, int]) -> np.ndarray:
+    """Canvas weight inside the target for every correlation index (from the weights' integral image).
+
+    Index ``k`` puts canvas pixel ``u`` on target pixel ``u + k - (n - 1)``, so the canvas rows inside
+    the target run from ``max(0, n - 1 - k)`` to ``min(n - 1, n - 2 - k + H)``.
+    """
+    bounds = []
+    for length in shape:
+        k = np.arange(length + n - 1)
+        bounds.append((np.maximum(0, n - 1 - k), np.minimum(n - 1, n - 2 - k + length) + 1))
+    (r0, r1), (c0, c1) = bounds
+    return (integral[r1][:, c1] - integral[r0][:, c1] - integral[r1][:, c0] + integral[r0][:, c0])
 
 
 def distinct(found: list[Pose], bank: PoseBank, options: SearchOptions) -> list[Pose]:

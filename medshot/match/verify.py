@@ -65,8 +65,8 @@ class Verifier:
         Edge-noise level of NGF, as a fraction of the template's median gradient magnitude in the region.
     """
 
-    def __init__(self, image: np.ndarray, weight: np.ndarray, side: int = 128, sigma: float = 1.0,
-                 eps: float = 0.5):
+    def __init__(self, image: np.ndarray, weight: np.ndarray, side: int = 128, sigma: float = 0.5,
+                 eps: float = 1.0):
         self.work_shape = image.shape
         self.shape, _ = level_shape(image.shape, side)
         self.to_level = scale_matrix(np.array(self.shape, float) / np.array(image.shape, float))

@@ -18,7 +18,6 @@ from skimage.transform import resize
 
 from .base import Prompt, Segmentation, box_from_mask, box_from_points
 
-
 FALLBACK_SCORE_FACTOR = 0.5  # score of a carried mask kept because the walker failed
 
 
@@ -160,10 +159,14 @@ class ClassicalSegmenter:
         stack = np.stack(channels, axis=-1)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            prob = random_walker(stack, seeds, beta=self.beta, mode="bf" if sh * sw <= 40000 else "cg_j",
-                                 return_full_prob=True, channel_axis=-1, tol=1e-3)[0]
-        # random_walker returns a boolean map when the seeds leave nothing undecided (real CT slices do).
-        prob = np.nan_to_num(np.asarray(prob, np.float32), nan=0.0)
+            full = random_walker(stack, seeds, beta=self.beta, mode="bf" if sh * sw <= 40000 else "cg_j",
+                                 return_full_prob=True, channel_axis=-1, tol=1e-3)
+        if full.dtype == bool:
+            # The seeds left nothing to decide (a structure carried to a pixel or two, as on real CT
+            # slices): scikit-image then hands back the seed masks, one label per *last* axis.
+            prob = full[..., 0].reshape(sh, sw).astype(np.float32)
+        else:
+            prob = np.nan_to_num(full[0].astype(np.float32), nan=0.0)
         full_prob = resize(prob, (h, w), order=1, preserve_range=True)
         mask_roi = full_prob > 0.5
         mask_roi = _keep_seeded_components(mask_roi, pos - [rx0, ry0], coarse[roi] if coarse is not None else None)
