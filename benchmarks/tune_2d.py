@@ -51,15 +51,18 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     "no-deform": ({}, {"deformation": "none"}),
     "demons": ({}, {"deformation": "demons"}),
     "feature-deform": ({}, {"deformation": "features"}),
-    "rw-strict": ({"segmenter": "classical:min_agreement=0.8"}, {}),
-    "rw-narrow": ({"segmenter": "classical:band=0.12"}, {}),
-    "carried-mask": ({"segmenter": "carried"}, {}),
+    "auto-deform": ({}, {"deformation": "auto"}),
+    "rw-strict": ({"segmenter": "randomwalker:min_agreement=0.8"}, {}),
+    "rw-narrow": ({"segmenter": "randomwalker:band=0.12"}, {}),
+    "random-walker": ({"segmenter": "randomwalker"}, {}),
     "no-intensity": ({}, {"intensity": False}),
     "no-identity": ({}, {"identity": False}),
     "search-only": ({}, {"intensity": False, "identity": False}),
     "upright-only": ({}, {"search.max_angle_deg": 20.0}),
     "context-0.25": ({"context": 0.25}, {}),
     "min-work-64": ({"min_work_size": 64}, {}),
+    "intensity-256": ({}, {"intensity_side": 256}),
+    "affine-iter-2": ({}, {"refine.affine_iterations": 2}),
 }
 
 

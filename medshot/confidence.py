@@ -9,7 +9,7 @@ logistic models of a few measurements that do not depend on the task:
 - how much of the template's region the target's field of view holds;
 - the *margin*: by how much the chosen correspondence beats the best candidate that puts the
   structure somewhere else (two equally good, disagreeing answers mean the choice is a coin toss);
-- for masks, how much the segmenter had to move the carried mask (Dice between the two); for
+- for masks, the structure's share of the template image (small structures are harder); for
   landmarks, how distinct the re-matched descriptor peak is, whether the match is mutual, and how
   far re-matching moved the carried point.
 
@@ -33,7 +33,6 @@ class LabelEvidence:
     local: float  # NGF agreement around this label (a band of its size around it)
     present: float  # fraction of the region inside the target's field of view
     margin: float  # chosen verification minus that of the best candidate placing this label elsewhere
-    refined: float  # Dice between the segmenter's mask and the carried mask
     relative_size: float  # log10 of the label's share of the template image
 
 
@@ -50,9 +49,9 @@ class LandmarkEvidence:
 
 # Fitted by benchmarks/calibrate_score.py on the tune half (standardised features: (x - mean) / sd).
 LABEL_MODEL = {
-    "mean": {"agreement": 0.0, "local": 0.0, "present": 0.0, "margin": 0.0, "refined": 0.0, "relative_size": 0.0},
-    "sd": {"agreement": 1.0, "local": 1.0, "present": 1.0, "margin": 1.0, "refined": 1.0, "relative_size": 1.0},
-    "coef": {"agreement": 1.0, "local": 1.0, "present": 1.0, "margin": 1.0, "refined": 1.0, "relative_size": 0.0},
+    "mean": {"agreement": 0.0, "local": 0.0, "present": 0.0, "margin": 0.0, "relative_size": 0.0},
+    "sd": {"agreement": 1.0, "local": 1.0, "present": 1.0, "margin": 1.0, "relative_size": 1.0},
+    "coef": {"agreement": 1.0, "local": 1.0, "present": 1.0, "margin": 1.0, "relative_size": 0.0},
     "intercept": 0.0,
 }
 LANDMARK_MODEL = {

@@ -10,7 +10,6 @@ import numpy as np
 from scipy import ndimage
 
 from .confidence import LabelEvidence, LandmarkEvidence
-from .evaluate import dice
 from .match.correspond import Correspondence
 from .match.geometry import apply_affine
 from .match.verify import Verifier
@@ -24,6 +23,13 @@ def _margin(corr: Correspondence, point: np.ndarray, radius: float) -> float:
     rivals = [c.verification.score for c in corr.candidates
               if np.hypot(*(apply_affine(c.matrix, point)[0] - at)) > radius * scale]
     return chosen.verification.score - (max(rivals) if rivals else 0.0)
+
+
+def _local(verifier: Verifier, target: np.ndarray, corr: Correspondence):
+    """A local verifier's view of the final correspondence (its grid is the correspondence verifier's)."""
+    if corr.verified_at is not None and corr.verified_at.shape[1:] == verifier.shape:
+        return verifier.score_coords(target, corr.verified_at)
+    return verifier(target, corr.matrix)
 
 
 class Evidence:
@@ -64,22 +70,17 @@ class Evidence:
             disc = (yy - p[0]) ** 2 + (xx - p[1]) ** 2 <= (0.05 * self.diag) ** 2
             self.landmarks.append((Verifier(image, disc * weight, side, sigma, eps), p))
 
-    def for_labels(self, target: np.ndarray, corr: Correspondence, refined: dict[int, np.ndarray],
-                   carried: np.ndarray | None) -> dict[int, LabelEvidence]:
-        """Evidence per label: ``refined`` are the segmenter's masks, ``carried`` the carried label map."""
-        v = corr.chosen.verification
-        out = {}
-        for label, (verifier, center, radius, share) in self.labels.items():
-            mask = refined.get(label)
-            moved = 1.0 if mask is None or carried is None else dice(mask, carried == label)
-            out[label] = LabelEvidence(v.agreement, verifier(target, corr.matrix).agreement, v.present,
-                                       _margin(corr, center, radius), moved, share)
-        return out
+    def for_labels(self, target: np.ndarray, corr: Correspondence) -> dict[int, LabelEvidence]:
+        """Evidence per label of the template's mask."""
+        v = corr.verification or corr.chosen.verification
+        return {label: LabelEvidence(v.agreement, _local(verifier, target, corr).agreement, v.present,
+                                     _margin(corr, center, radius), share)
+                for label, (verifier, center, radius, share) in self.labels.items()}
 
     def for_landmarks(self, target: np.ndarray, corr: Correspondence, peak: np.ndarray, mutual: np.ndarray,
                       moved: np.ndarray) -> list[LandmarkEvidence]:
         """Evidence per landmark; ``moved`` is the re-matching shift as a fraction of the search radius."""
-        v = corr.chosen.verification
-        return [LandmarkEvidence(v.agreement, verifier(target, corr.matrix).agreement, v.present,
+        v = corr.verification or corr.chosen.verification
+        return [LandmarkEvidence(v.agreement, _local(verifier, target, corr).agreement, v.present,
                                  _margin(corr, p, 0.02 * self.diag), float(pk), float(mu), float(mv))
                 for (verifier, p), pk, mu, mv in zip(self.landmarks, peak, mutual, moved)]

@@ -20,6 +20,7 @@ from .evidence import Evidence
 from .features import Backbone, FeatureMap, get_backbone, l2_normalize
 from .features.classical import classical_features
 from .io import Image2D, load_image, normalize_intensity
+from .landmarks import FineLandmarks
 from .match import match_points
 from .match.correspond import Candidate, Correspondence, CorrespondOptions, TemplateSide, correspond
 from .match.geometry import grid_coords, pca_basis, project, resize_features, resize_image, scale_matrix
@@ -27,6 +28,8 @@ from .match.verify import Verification
 from .segment import Prompt, Segmenter, box_from_points, get_segmenter
 from .template import Template
 
+# Landmarks are matched once more at the images' own resolution where it is this much finer than the working grid.
+FINE_STEP = 1.2
 # A target/label whose score falls below this is flagged ``low_confidence`` for review (see README).
 LOW_CONFIDENCE_SCORE = 0.5
 
@@ -149,6 +152,9 @@ class OneShot:
             coords = grid_coords(np.linalg.inv(self._template.to_work), self._template.work.shape)
             work_mask = ndimage.map_coordinates(template.mask, coords, order=0, mode="nearest")
             labels = {int(k): work_mask == k for k in np.unique(template.mask) if k != 0}
+        step = max(self._template.normalized.shape) / max(self._template.work.shape)  # image px per working px
+        self._fine = FineLandmarks(self._template.normalized, template.landmarks_xy, step) \
+            if template.landmarks and self._pixel_level and step > FINE_STEP else None
         self._evidence = Evidence(self._template.work, self._side.informative, labels,
                                   self._template.xy_to_work(template.landmarks_xy), self.options.verify_side,
                                   self.options.verify_sigma, self.options.verify_eps)
@@ -311,10 +317,16 @@ class OneShot:
         h, w = prepared.work.shape
         diag = float(np.hypot(h, w))
         if refine:
-            target_map = FeatureMap(prepared.reduced, (1.0, 1.0), (0.0, 0.0), prepared.work.shape)
-            warped = self._warped_template_map(prepared, corr)
             start_xy = carried[:, ::-1]
-            m = match_points(warped, target_map, start_xy, initial_xy=start_xy,
+            if _upright(corr.matrix):
+                # Nearly upright and of similar size: the template's own (full) descriptors at its own points
+                # are exact, where a resampled template would be slightly blurred.
+                source, target_map = t.features, prepared.features
+                query_xy = t.xy_to_work(self.template.landmarks_xy)[:, ::-1]
+            else:  # descriptors are not rotation-invariant: describe the template in the target's frame
+                source, query_xy = self._warped_template_map(prepared, corr), start_xy
+                target_map = FeatureMap(prepared.reduced, (1.0, 1.0), (0.0, 0.0), prepared.work.shape)
+            m = match_points(source, target_map, query_xy, initial_xy=start_xy,
                              radius=self.search_radius * diag, prior_sigma=self.prior_sigma * diag,
                              patch_radius=self.patch_radius)
             rc, peak, mutual = m.xy[:, ::-1], m.confidence, m.mutual
@@ -325,6 +337,11 @@ class OneShot:
             rc, conf, mutual = carried, np.full(len(carried), np.nan), np.ones(len(carried), bool)
             evidence = []
         xy_img = prepared.work_to_xy(rc)
+        step = max(prepared.normalized.shape) / max(prepared.work.shape)
+        if refine and self._fine is not None and step > FINE_STEP:
+            image_matrix = np.linalg.inv(prepared.to_work) @ corr.matrix @ t.to_work  # template -> target pixels
+            if _upright(image_matrix):
+                xy_img = self._fine.refine(prepared.normalized, xy_img)
         return ([LandmarkResult(lm.name, float(p[0]), float(p[1]), float(c), bool(mu))
                  for lm, p, c, mu in zip(self.template.landmarks, xy_img, conf, mutual)],
                 {lm.name: e for lm, e in zip(self.template.landmarks, evidence)})
@@ -354,7 +371,7 @@ class OneShot:
         label_map = np.zeros((H, W), np.uint8 if max(labels, default=0) < 256 else np.uint16)
         for s in segs:
             label_map[s.mask] = s.label
-        evidence = self._evidence.for_labels(prepared.work, corr, {s.label: s.mask for s in segs}, coarse)
+        evidence = self._evidence.for_labels(prepared.work, corr)
         # A label the template has no mask for (prompts only) keeps the segmenter's own score.
         scores = {s.label: label_score(evidence[s.label]) if s.label in evidence else float(s.score) for s in segs}
         return label_map, scores, evidence
@@ -378,6 +395,13 @@ class OneShot:
                                         mode="constant", cval=0.0)
             out[p > 0.5] = label
         return out
+
+
+def _upright(matrix: np.ndarray, max_turn_deg: float = 20.0, max_scale_change: float = 1.25) -> bool:
+    """Whether an affine keeps the template nearly upright and of nearly its own size."""
+    sv = np.linalg.svd(matrix[:2, :2], compute_uv=False)
+    turn = np.degrees(np.arctan2(matrix[1, 0] - matrix[0, 1], matrix[0, 0] + matrix[1, 1]))
+    return abs(turn) <= max_turn_deg and sv[0] <= max_scale_change and sv[1] >= 1 / max_scale_change
 
 
 def _points_where(points_xy: np.ndarray, region: np.ndarray, inside: bool) -> np.ndarray:

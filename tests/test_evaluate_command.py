@@ -327,4 +327,4 @@ def test_resuming_with_other_settings_is_refused(capsys, dataset, reference, tmp
 
 
 def test_unknown_baseline_is_an_error(capsys, dataset, tmp_path):
-    assert "baseline" in _fails_cleanly(capsys, tmp_path / "out", "--data", dataset, "--baselines", "demons")
+    assert "baseline" in _fails_cleanly(capsys, tmp_path / "out", "--data", dataset, "--baselines", "elastix")

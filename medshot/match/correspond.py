@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-from .geometry import apply_affine, grid_coords, informativeness, resize_features, scale_matrix
-from .refine import DescribeDense, RefineOptions, TargetLevel, deform, plausible, refine_affine, template_sampler
+from .geometry import apply_affine, grid_coords, informativeness, resize_features, resize_image, scale_matrix
+from .refine import DescribeDense, RefineOptions, TargetLevel, TemplateSampler, deform, plausible, refine_affine
 from .search import Describe, PoseBank, SearchOptions, build_bank, search
 from .verify import Verification, Verifier
 
@@ -42,7 +42,9 @@ class CorrespondOptions:
     turn_penalty: float = 0.1
     identity: bool = True  # no motion is always a candidate
     intensity: bool = True  # so is a mutual-information affine
-    deformation: str = "demons"  # "demons", "features" or "none"
+    intensity_side: int = 128  # grid (longest side) of the intensity affine and of demons
+    # "auto" runs demons and descriptor block matching and keeps whichever verifies best (or the affine)
+    deformation: str = "auto"  # "auto", "demons", "features" or "none"
 
 
 @dataclass
@@ -67,16 +69,22 @@ class Correspondence:
     chosen : Candidate
     candidates : list of Candidate
         Every candidate that was verified, best first.
+    verification : Verification or None
+        The final correspondence's (deformation included) verification.
+    verified_at : ndarray (2, h, w) or None
+        Where each pixel of the verifier's template grid lies in the target (working pixels).
     """
 
     backward: np.ndarray
     matrix: np.ndarray
     chosen: Candidate
     candidates: list[Candidate] = field(default_factory=list)
+    verification: Verification | None = None
+    verified_at: np.ndarray | None = None
 
     @property
     def score(self) -> float:
-        return self.chosen.verification.score
+        return (self.verification or self.chosen.verification).score
 
     def forward(self, points: np.ndarray) -> np.ndarray:
         """Template working points ``(N, 2)`` (row, col) -> target working points, inverting the backward map."""
@@ -109,6 +117,21 @@ def invert_field(backward: np.ndarray, points: np.ndarray, guess: np.ndarray, it
         step[ok] = np.einsum("nij,nj->ni", inv[ok], r[ok]) / det[ok, None]
         t = t + np.clip(step, -20, 20)
     return t
+
+
+def region_box(roi: np.ndarray, matrix: np.ndarray, shape: tuple[int, int],
+               margin: float = 0.25) -> tuple[slice, slice]:
+    """Box of a target grid of ``shape`` around where ``matrix`` puts the template's ``roi``, grown by ``margin``."""
+    where = np.argwhere(roi)
+    lo, hi = where.min(0), where.max(0)
+    corners = np.array([[a, b] for a in (lo[0], hi[0]) for b in (lo[1], hi[1])], float)
+    mapped = apply_affine(matrix, corners)
+    a, b = mapped.min(0), mapped.max(0)
+    grow = margin * (b - a) + 8
+    a, b = np.maximum(np.floor(a - grow), 0), np.minimum(np.ceil(b + grow) + 1, shape)
+    if np.any(b - a < 16):  # off the target or degenerate: the whole grid
+        return tuple(slice(0, n) for n in shape)  # type: ignore[return-value]
+    return tuple(slice(int(x), int(y)) for x, y in zip(a, b))  # type: ignore[return-value]
 
 
 def turn(matrix: np.ndarray) -> float:
@@ -145,7 +168,8 @@ class TemplateSide:
         self.bank: PoseBank = build_bank(self.image, self.roi, describe_coarse, self.options.search)
         self.verifier = Verifier(self.image, self.weight, self.options.verify_side, self.options.verify_sigma,
                                  self.options.verify_eps)
-        self.at = template_sampler(self.image, self.roi, features, describe)
+        self.describe = describe
+        self.at = TemplateSampler(self.image, self.roi, features, describe)
 
 
 def correspond(template: TemplateSide, target: np.ndarray, target_features: np.ndarray,
@@ -176,8 +200,14 @@ def correspond(template: TemplateSide, target: np.ndarray, target_features: np.n
     if options.intensity:
         from .intensity import intensity_affine
 
-        add("intensity affine", intensity_affine(template.image, target))
-    level = TargetLevel(target_features, options.refine.affine_side)
+        add("intensity affine", intensity_affine(template.image, target, side=options.intensity_side))
+    if template.describe is not None:  # described again at each grid, the target as the template
+        def on_level(shape):
+            return template.describe(resize_image(target, shape))
+    else:
+        def on_level(shape):
+            return resize_features(target_features, shape)
+    level = TargetLevel(target.shape, options.refine.affine_side, on_level)
     if describe_target is None:
         def describe_target(shape):
             return resize_features(target_features, shape)
@@ -189,24 +219,29 @@ def correspond(template: TemplateSide, target: np.ndarray, target_features: np.n
         candidates.append(Candidate("identity", M, verify(target, M)))
     candidates.sort(key=lambda c: -c.verification.score * (1 - options.turn_penalty * (1 - np.cos(turn(c.matrix))) / 2))
     chosen = candidates[0]
-    affine_only = grid_coords(np.linalg.inv(chosen.matrix), target.shape)
-    if options.deformation == "none":
-        return Correspondence(affine_only, chosen.matrix, chosen, candidates)
-    if options.deformation == "features":
-        level = TargetLevel(target_features, options.refine.deform_side) \
-            if options.refine.deform_side != options.refine.affine_side else level
-        backward = deform(template.at, level, chosen.matrix, options.refine, target.shape)
-    elif options.deformation == "demons":
-        from .intensity import demons_backward
-
-        backward = demons_backward(template.image, target, chosen.matrix)
-    else:
-        raise ValueError(f"unknown deformation '{options.deformation}' (demons, features or none)")
-    # The deformation answers to the same criterion as the candidates: where it makes the target's edges
-    # agree less with the template's (a deformation chasing speckle or noise), the affine stands.
-    deformed = Correspondence(backward, chosen.matrix, chosen, candidates)
+    affine_only = Correspondence(grid_coords(np.linalg.inv(chosen.matrix), target.shape), chosen.matrix, chosen,
+                                 candidates, chosen.verification,
+                                 grid_coords(chosen.matrix @ np.linalg.inv(verify.to_level), verify.shape))
+    methods = {"auto": ("demons", "features"), "none": ()}.get(options.deformation, (options.deformation,))
+    best = affine_only
     level_points = grid_coords(np.linalg.inv(verify.to_level), verify.shape).reshape(2, -1).T
-    at = deformed.forward(level_points).T.reshape((2, *verify.shape))
-    if verify.score_coords(target, at).score < chosen.verification.score:
-        return Correspondence(affine_only, chosen.matrix, chosen, candidates)
-    return deformed
+    for method in methods:
+        if method == "features":
+            level_d = level if options.refine.deform_side == options.refine.affine_side else \
+                TargetLevel(target.shape, options.refine.deform_side, on_level)
+            backward = deform(template.at, level_d, chosen.matrix, options.refine, target.shape)
+        elif method == "demons":
+            from .intensity import demons_backward
+
+            box = region_box(template.roi, chosen.matrix, target.shape)
+            backward = demons_backward(template.image, target, chosen.matrix, options.intensity_side, box)
+        else:
+            raise ValueError(f"unknown deformation '{method}' (auto, demons, features or none)")
+        # A deformation answers to the same criterion as the candidates: one that makes the target's edges
+        # agree less with the template's (chasing speckle or noise) loses to the affine.
+        deformed = Correspondence(backward, chosen.matrix, chosen, candidates)
+        deformed.verified_at = deformed.forward(level_points).T.reshape((2, *verify.shape))
+        deformed.verification = verify.score_coords(target, deformed.verified_at)
+        if deformed.verification.score > best.score:
+            best = deformed
+    return best

@@ -17,6 +17,8 @@ import contextlib
 import numpy as np
 from scipy import ndimage
 
+from .geometry import grid_coords, level_shape, resample_field, resize_image, scale_matrix
+
 _SWAP = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
 
 
@@ -102,30 +104,70 @@ def affine_array_order(transform) -> np.ndarray:
     return _SWAP @ xy @ _SWAP
 
 
-def intensity_affine(template: np.ndarray, target: np.ndarray, seed: int = 1) -> np.ndarray:
+class Levels:
+    """Template and target shrunk so that their longest side is at most ``side``, with the scalings.
+
+    Intensity registration gains little from more pixels than that and costs in proportion to them.
+    """
+
+    def __init__(self, template: np.ndarray, target: np.ndarray, side: int):
+        t_shape, _ = level_shape(template.shape, side)
+        s_shape, _ = level_shape(target.shape, side)
+        self.template, self.target = resize_image(template, t_shape), resize_image(target, s_shape)
+        self.t = scale_matrix(np.array(t_shape, float) / np.array(template.shape, float))
+        self.s = scale_matrix(np.array(s_shape, float) / np.array(target.shape, float))
+
+    def to_work(self, matrix: np.ndarray) -> np.ndarray:
+        """A level affine (template level -> target level) on the working grids."""
+        return np.linalg.inv(self.s) @ matrix @ self.t
+
+    def to_level(self, matrix: np.ndarray) -> np.ndarray:
+        return self.s @ matrix @ np.linalg.inv(self.t)
+
+
+def intensity_affine(template: np.ndarray, target: np.ndarray, seed: int = 1, side: int = 128) -> np.ndarray:
     """Template -> target affine ``(3, 3)`` (array order) by Mattes-MI registration of two ``(H, W)`` images."""
+    levels = Levels(template, target, side)
     with single_threaded():
-        transform = mattes_affine(to_sitk(target), to_sitk(template), seed)
-    return np.linalg.inv(affine_array_order(transform))
+        transform = mattes_affine(to_sitk(levels.target), to_sitk(levels.template), seed)
+    return levels.to_work(np.linalg.inv(affine_array_order(transform)))
 
 
-def demons_backward(template: np.ndarray, target: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+def demons_backward(template: np.ndarray, target: np.ndarray, matrix: np.ndarray, side: int = 128,
+                   box: tuple[slice, slice] | None = None) -> np.ndarray:
     """Backward field ``(2, H, W)`` (array order) of demons started from the affine ``matrix``.
 
     ``matrix`` maps template points to target points (array order); the returned field gives, for
-    each target pixel, its position on the template's grid.
+    each target pixel, its position on the template's grid. Demons runs on ``box`` of the target
+    (default all of it), resampled to at most ``side`` pixels a side when larger; outside the box
+    the affine holds.
     """
+    backward = grid_coords(np.linalg.inv(matrix), target.shape)
+    box = box or tuple(slice(0, n) for n in target.shape)
+    sub = target[box]
+    shape, _ = level_shape(sub.shape, side)
+    to_level = scale_matrix(np.array(shape, float) / np.array(sub.shape, float))
+    to_level[:2, 2] -= to_level[:2, :2] @ np.array([b.start for b in box], float)  # target working -> level
+    field = _demons_backward(template, resize_image(sub, shape), to_level @ matrix)
+    backward[(slice(None), *box)] = resample_field(field, sub.shape)
+    return backward
+
+
+def _demons_backward(template: np.ndarray, target: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """Demons on ``target`` against the template pulled onto its grid through ``matrix`` (template -> target)."""
     import SimpleITK as sitk
 
-    H, W = target.shape
-    backward_affine = np.linalg.inv(matrix)  # target -> template
-    yy, xx = np.indices((H, W), dtype=np.float64)
-    ay = backward_affine[0, 0] * yy + backward_affine[0, 1] * xx + backward_affine[0, 2]
-    ax = backward_affine[1, 0] * yy + backward_affine[1, 1] * xx + backward_affine[1, 2]
-    moved = ndimage.map_coordinates(np.asarray(template, np.float32), [ay, ax], order=1, mode="nearest")
+    backward_affine = np.linalg.inv(matrix)
+    step = float(np.sqrt(abs(np.linalg.det(backward_affine[:2, :2]))))  # template pixels per target pixel
+    template = np.asarray(template, np.float32)
+    if step > 1.5:  # the target grid is coarser: smooth first, as any downsampling should
+        template = ndimage.gaussian_filter(template, 0.5 * (step - 1), mode="nearest")
+    ay, ax = grid_coords(backward_affine, target.shape)
+    moved = ndimage.map_coordinates(template, [ay, ax], order=1, mode="nearest")
     with single_threaded():
         field = demons_field(to_sitk(target), to_sitk(moved))
     disp = sitk.GetArrayFromImage(field)  # (H, W, 2) as (dx, dy), target pixels
+    yy, xx = np.indices(target.shape, dtype=np.float64)
     py, px = yy + disp[..., 1], xx + disp[..., 0]
     return np.stack([ndimage.map_coordinates(ay, [py, px], order=1, mode="nearest"),
                      ndimage.map_coordinates(ax, [py, px], order=1, mode="nearest")])

@@ -17,7 +17,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..features.base import l2_normalize
-from .geometry import grid_coords, inside, level_shape, resample_field, resize_features, scale_matrix, warp_channels
+from .geometry import grid_coords, inside, level_shape, resample_field, scale_matrix, warp_channels
 
 # image (h, w) in [0, 1] -> (C, h, w) unit descriptors on the same grid
 DescribeDense = Callable[[np.ndarray], np.ndarray]
@@ -111,29 +111,38 @@ def plausible(matrix: np.ndarray, max_anisotropy: float = 3.0, scale_range=(0.25
 
 
 class TargetLevel:
-    """The target's descriptors on one coarser grid, with the scalings to and from its working grid."""
+    """The target's descriptors on a grid of at most ``side`` pixels a side, with the scaling from its working grid.
 
-    def __init__(self, features: np.ndarray, side: int):
-        shape, _ = level_shape(features.shape[1:], side)
+    ``describe(shape)`` gives the target's descriptors on a grid of ``shape`` covering it, at that
+    grid's own scale, the way the template is described when it is resampled onto that grid.
+    """
+
+    def __init__(self, work_shape: tuple[int, ...], side: int, describe: Callable[[tuple[int, ...]], np.ndarray]):
+        shape, _ = level_shape(work_shape, side)
         self.shape = shape
-        self.features = resize_features(features, shape)
-        self.from_work = scale_matrix(np.array(shape, float) / np.array(features.shape[1:], float))
+        self.features = describe(shape)
+        self.from_work = scale_matrix(np.array(shape, float) / np.array(work_shape, float))
 
 
-def template_sampler(image: np.ndarray, roi: np.ndarray, features: np.ndarray,
-                     describe: DescribeDense | None) -> TemplateAt:
-    """How to see the template through a field: resample the image and describe it again (``describe``
-    given: orientation-correct for any turn), or else resample its descriptors (cheap, for backbones
-    too slow to run once per candidate)."""
+class TemplateSampler:
+    """How to see the template through a field ``(2, H, W)`` of template positions.
 
-    def at(coords: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        valid = inside(coords, image.shape) & (
-            ndimage.map_coordinates(roi.astype(np.float32), coords, order=1, mode="constant") > 0.5)
-        if describe is None:
-            return l2_normalize(warp_channels(features, coords), axis=0), valid
-        return describe(ndimage.map_coordinates(image, coords, order=1, mode="nearest").astype(np.float32)), valid
+    With ``describe``, the image is resampled and described again (orientation-correct for any
+    turn); without it, its descriptors are resampled (cheap, for backbones too slow to run once per
+    candidate). Called, it returns the descriptors ``(C, H, W)`` and where the region lies ``(H, W)``.
+    A class rather than a closure, so that a prepared template can be sent to worker processes.
+    """
 
-    return at
+    def __init__(self, image: np.ndarray, roi: np.ndarray, features: np.ndarray, describe: DescribeDense | None):
+        self.image, self.roi, self.features, self.describe = image, roi.astype(np.float32), features, describe
+
+    def __call__(self, coords: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        valid = inside(coords, self.image.shape) & (
+            ndimage.map_coordinates(self.roi, coords, order=1, mode="constant") > 0.5)
+        if self.describe is None:
+            return l2_normalize(warp_channels(self.features, coords), axis=0), valid
+        image = ndimage.map_coordinates(self.image, coords, order=1, mode="nearest").astype(np.float32)
+        return self.describe(image), valid
 
 
 def refine_affine(template_at: TemplateAt, level: TargetLevel, matrix: np.ndarray,
@@ -142,22 +151,43 @@ def refine_affine(template_at: TemplateAt, level: TargetLevel, matrix: np.ndarra
     M_l = level.from_work @ matrix
     coords = grid_coords(np.linalg.inv(M_l), level.shape)
     feats, valid0 = template_at(coords)
+    # Block matching only where the region can be (its box, plus the most the iterations can move it):
+    # a small structure in a large field of view costs little.
+    box = _box(valid0, options.affine_radius * options.affine_iterations + options.patch_size)
+    if box is None:
+        return matrix
+    origin = np.array([b.start for b in box], float)
+    shift = np.eye(3)
+    shift[:2, 2] = origin
+    feats, valid0, target = feats[(slice(None), *box)], valid0[box], level.features[(slice(None), *box)]
+    crop = valid0.shape
     D = np.eye(3)  # residual motion on the level grid: warped(u) ~ target(D u)
     for _ in range(options.affine_iterations):
-        cw = grid_coords(np.linalg.inv(D), level.shape)
+        source = grid_coords(np.linalg.inv(D) @ shift, crop)  # level positions the crop's pixels come from
+        cw = source - origin[:, None, None]
         warped = warp_channels(feats, cw)
         valid = ndimage.map_coordinates(valid0.astype(np.float32), cw, order=1, mode="constant") > 0.5
-        d, conf = block_match(warped, level.features, valid, options.affine_radius, options.patch_size)
+        d, conf = block_match(warped, target, valid, options.affine_radius, options.patch_size)
         sel = conf > 0
         if sel.sum() < 12:
             break
-        at = np.argwhere(sel).astype(np.float64)
-        src = np.stack([cw[0][sel], cw[1][sel]], 1)
+        at = np.argwhere(sel).astype(np.float64) + origin
+        src = np.stack([source[0][sel], source[1][sel]], 1)
         D_new = fit_affine(src, at + np.stack([d[0][sel], d[1][sel]], 1), conf[sel])
         if not plausible(D_new):
             break
         D = D_new
     return np.linalg.inv(level.from_work) @ D @ M_l
+
+
+def _box(mask: np.ndarray, margin: int) -> tuple[slice, ...] | None:
+    """Bounding box of ``mask`` grown by ``margin`` pixels (clipped), or None when it is empty."""
+    where = np.argwhere(mask)
+    if len(where) == 0:
+        return None
+    lo = np.maximum(where.min(0) - margin, 0)
+    hi = np.minimum(where.max(0) + margin + 1, mask.shape)
+    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
 
 
 def deform(template_at: TemplateAt, level: TargetLevel, matrix: np.ndarray, options: RefineOptions,

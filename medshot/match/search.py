@@ -73,22 +73,46 @@ class PoseBank:
     center: np.ndarray  # (2,) template working (row, col) at the canvas centre
     radius: float  # template working pixels: radius of the region of interest
     basis: np.ndarray | None
+    # Per target size (the common case is one size for a whole batch), kept for the next target:
     _spectra: dict = field(default_factory=dict, repr=False)  # FFT shape -> per-angle spectra
+    _factors: dict = field(default_factory=dict, repr=False)  # search shape -> per-angle overlap factors
 
     @property
     def size(self) -> int:
         return int(self.features[0].shape[1])
 
-    def spectra(self, fshape: tuple[int, int]) -> list[tuple[np.ndarray, np.ndarray, float]]:
-        """Per angle: spectrum of the weighted canvas, integral image of its weights, and their total (cached)."""
+    def spectra(self, fshape: tuple[int, int]) -> list[np.ndarray]:
+        """Per angle: the spectrum of the weighted canvas, for correlations of FFT shape ``fshape``."""
         if fshape not in self._spectra:
-            self._spectra.clear()  # one target size at a time is the common case; keep memory flat
-            self._spectra[fshape] = [
-                (sfft.rfft2((f * w)[:, ::-1, ::-1], s=fshape), np.pad(w.cumsum(0).cumsum(1), ((1, 0), (1, 0))),
-                 float(w.sum()))
-                for f, w in zip(self.features, self.weights)
-            ]
+            self._spectra.clear()
+            self._factors.clear()
+            self._spectra[fshape] = [sfft.rfft2((f * w)[:, ::-1, ::-1], s=fshape)
+                                     for f, w in zip(self.features, self.weights)]
         return self._spectra[fshape]
+
+    def factors(self, shape: tuple[int, int], options: SearchOptions) -> list[tuple[np.ndarray, np.ndarray] | None]:
+        """Per angle, for a target search grid of ``shape``: what turns a correlation into a score.
+
+        ``score = correlation * factor + excluded`` with ``factor = fraction ** (power - 1) / area``,
+        where ``fraction`` is the share of the canvas's weight that the placement keeps inside the
+        target, and ``excluded`` is ``-inf`` below the minimum overlap (0 elsewhere); ``None`` for an
+        angle with (almost) no weight.
+        """
+        if shape not in self._factors:
+            n = self.size
+            out = []
+            for w in self.weights:
+                area = float(w.sum())
+                if area < 2:
+                    out.append(None)
+                    continue
+                integral = np.pad(w.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+                frac = np.clip(_overlap(integral, n, shape) / area, 1e-6, 1.0)
+                kept = frac > options.min_overlap
+                out.append(((np.where(kept, frac ** (options.overlap_power - 1) / area, 0.0)).astype(np.float32),
+                            np.where(kept, 0.0, -np.inf).astype(np.float32)))
+            self._factors[shape] = out
+        return self._factors[shape]
 
 
 def build_bank(image: np.ndarray, roi: np.ndarray, describe: Describe,
@@ -148,33 +172,31 @@ def search(bank: PoseBank, target_shape: tuple[int, int], describe_target: Calla
     biggest = max(shapes.values(), key=lambda sh: sh[0] * sh[1])
     fshape = (fft_size(biggest[0] + n), fft_size(biggest[1] + n))
     spectra = bank.spectra(fshape)
-    found: list[Pose] = []
+    peaks: list[tuple[float, float, float, float, float]] = []  # score, angle, scale, row, col (work)
     half = max(1, n // 8)  # peaks closer than this (search pixels) are one peak
     for s in scales:
         shape = shapes[s]
-        f = shape[0] / H  # target working -> search grid (rows; columns alike up to rounding)
-        fx = shape[1] / W
-        feats = project(bank.basis, describe_target(shape))
-        F = sfft.rfft2(feats, s=fshape)
+        f = np.array(shape, float) / np.array([H, W], float)  # target working -> search grid
+        F = sfft.rfft2(project(bank.basis, describe_target(shape)), s=fshape)
         valid = (shape[0] + n - 1, shape[1] + n - 1)  # correlation indices where canvas and target overlap
-        for a, (Tf, integral, area), in zip(bank.angles, spectra):
-            if area < 2:
+        for a, Tf, scoring in zip(bank.angles, spectra, bank.factors(shape, options)):
+            if scoring is None:
                 continue
-            corr = sfft.irfft2((Tf * F).sum(0), s=fshape)[: valid[0], : valid[1]]
-            frac = np.clip(_overlap(integral, n, shape) / area, 1e-6, 1.0)
-            score = np.where(frac > options.min_overlap, corr / area * frac ** (options.overlap_power - 1), -np.inf)
+            factor, excluded = scoring
+            score = sfft.irfft2((Tf * F).sum(0), s=fshape)[: valid[0], : valid[1]] * factor + excluded
             for _ in range(options.peaks_per_map):
-                k = int(np.argmax(score))
-                ky, kx = divmod(k, valid[1])
+                ky, kx = divmod(int(np.argmax(score)), valid[1])
                 if not np.isfinite(score[ky, kx]):
                     break
-                # correlation index k pairs canvas pixel 0 with target pixel k - (n - 1); the centre is (n - 1) / 2
-                at = np.array([ky - (n - 1) / 2, kx - (n - 1) / 2])
-                at_work = np.array([(at[0] + 0.5) / f - 0.5, (at[1] + 0.5) / fx - 0.5])
-                M = rotation_2d(a, s, (0.0, 0.0))
-                M[:2, 2] = at_work - M[:2, :2] @ bank.center
-                found.append(Pose(float(score[ky, kx]), float(a), float(s), M))
+                # index k pairs canvas pixel 0 with target pixel k - (n - 1); the canvas centre is (n - 1) / 2
+                at = (np.array([ky, kx]) - (n - 1) / 2 + 0.5) / f - 0.5
+                peaks.append((float(score[ky, kx]), float(a), float(s), at[0], at[1]))
                 score[max(0, ky - half): ky + half + 1, max(0, kx - half): kx + half + 1] = -np.inf
+    found = []
+    for score, a, s, row, col in peaks:
+        M = rotation_2d(a, s, (0.0, 0.0))
+        M[:2, 2] = np.array([row, col]) - M[:2, :2] @ bank.center
+        found.append(Pose(score, a, s, M))
     found.sort(key=lambda p: -p.score)
     return distinct(found, bank, options)
 

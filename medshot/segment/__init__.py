@@ -21,10 +21,10 @@ def register_segmenter(name: str, factory: Callable[..., Segmenter],
 def _load_plugins() -> None:
     if "classical" in _SEGMENTERS:
         return
-    from .classical import CarriedSegmenter, ClassicalSegmenter
+    from .classical import ClassicalSegmenter, RandomWalkerSegmenter
 
     register_segmenter("classical", lambda **kw: ClassicalSegmenter(**kw))
-    register_segmenter("carried", lambda **kw: CarriedSegmenter(**kw))
+    register_segmenter("randomwalker", lambda **kw: RandomWalkerSegmenter(**kw))
     import importlib
 
     try:

@@ -1,4 +1,10 @@
-"""A weights-free promptable segmenter: random-walker refinement seeded by the carried prompts.
+"""Weights-free promptable segmenters: the carried mask itself, and random-walker refinement of it.
+
+``classical`` (the default) keeps each label's mask as the verified correspondence carries it;
+measured on the tune half of the development data (``benchmarks/tune_2d.py``), refining it with a
+random walker did not improve it on any task, at any of the settings tried. Where the template has
+prompt points but no mask, there is nothing to carry, and the random walker grows the region from
+the points. ``randomwalker`` always refines:
 
 For each label, a region of interest is cut around its prompts; foreground seeds are the positive
 points and the core of the coarse mask, background seeds are the negative points, the region
@@ -21,18 +27,25 @@ from .base import Prompt, Segmentation, box_from_mask, box_from_points
 FALLBACK_SCORE_FACTOR = 0.5  # score of a carried mask kept because the walker failed
 
 
-class CarriedSegmenter:
-    """No refinement: each label is the template's mask carried through the correspondence."""
+class ClassicalSegmenter:
+    """The carried mask where the template has one; a random walker from the prompt points where not.
 
-    name = "carried"
+    Keyword options are handed to the :class:`RandomWalkerSegmenter` used for point-only prompts.
+    """
+
+    name = "classical"
+
+    def __init__(self, **walker_options):
+        self.walker = RandomWalkerSegmenter(**walker_options)
 
     def segment(self, image: np.ndarray, prompts: list[Prompt]) -> list[Segmentation]:
-        shape = np.shape(image)[:2]
-        return [Segmentation(p.label, np.zeros(shape, bool) if p.mask is None else np.asarray(p.mask, bool),
-                             1.0 if p.mask is not None and np.any(p.mask) else 0.0) for p in prompts]
+        carried = [p for p in prompts if p.mask is not None and np.any(p.mask)]
+        grown = {s.label: s for s in self.walker.segment(image, [p for p in prompts if p not in carried])}
+        return [Segmentation(p.label, np.asarray(p.mask, bool), 1.0) if p in carried else grown[p.label]
+                for p in prompts]
 
 
-class ClassicalSegmenter:
+class RandomWalkerSegmenter:
     """Random-walker segmenter driven by points, an optional box and an optional coarse mask.
 
     Parameters
@@ -48,7 +61,7 @@ class ClassicalSegmenter:
         Dice between the walker's mask and the coarse mask below which the coarse mask is kept.
     """
 
-    name = "classical"
+    name = "randomwalker"
 
     def __init__(self, band: float = 0.25, min_band_px: float = 2.0, beta: float = 90.0, max_side: int = 160,
                  point_radius: float = 1.5, min_agreement: float = 0.6):
