@@ -47,7 +47,7 @@ class Frame:
         Anything else a panel or writer needs (template JSON path, window, label values).
     """
 
-    source: Image2D | Volume
+    source: Image2D | Volume = field(repr=False)
     scale: tuple[float, ...]
     translate: tuple[float, ...]
     info: dict = field(default_factory=dict)
@@ -192,10 +192,11 @@ def landmarks_layer(frame: Frame, names: list[str], points: np.ndarray | None = 
     With ``confidences`` (results) each point is coloured by its confidence, red (0) to green (1).
     """
     pts = np.zeros((0, frame.ndim)) if points is None or len(names) == 0 else frame.points_to_display(points)
-    features: dict = {"name": list(names)}
+    # Typed columns: an empty list would make a float column that refuses the string default.
+    features: dict = {"name": np.array([str(n) for n in names], dtype=object)}
     color: dict = {"face_color": "yellow"}
     if confidences is not None:
-        features["confidence"] = [float(c) for c in confidences]
+        features["confidence"] = np.array(confidences, dtype=float)
         color = {"face_color": "confidence", "face_colormap": "RdYlGn", "face_contrast_limits": (0.0, 1.0)}
     size = point_size(frame)
     kwargs = {"name": name, "ndim": frame.ndim, "features": features, "feature_defaults": {"name": ""},
@@ -213,8 +214,8 @@ def prompts_layer(frame: Frame, prompts: list[tuple[int, bool, np.ndarray]] | No
     prompts = prompts or []
     pts = frame.points_to_display(np.array([p[2] for p in prompts], float)) if prompts else np.zeros((0, 2))
     colors = [POSITIVE_COLOR if p[1] else NEGATIVE_COLOR for p in prompts] or POSITIVE_COLOR
-    kwargs = {"name": name, "ndim": 2, "features": {"label": [int(p[0]) for p in prompts],
-                                                     "positive": [bool(p[1]) for p in prompts]},
+    kwargs = {"name": name, "ndim": 2, "features": {"label": np.array([p[0] for p in prompts], dtype=int),
+                                                     "positive": np.array([p[1] for p in prompts], dtype=bool)},
               "feature_defaults": {"label": 1, "positive": True},
               "text": {"string": "{label}", "size": 8, "color": "white", "anchor": "lower_right"},
               "face_color": colors, "border_color": "black", "symbol": "diamond", "size": 0.7 * point_size(frame),

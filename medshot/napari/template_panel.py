@@ -105,12 +105,12 @@ class TemplatePanel(QWidget):
         self.prompt_label = QSpinBox()
         self.prompt_label.setRange(1, 65535)
         self.prompt_label.valueChanged.connect(lambda _: self._update_defaults())
-        self.positive_radio, negative = QRadioButton("positive"), QRadioButton("negative")
+        self.positive_radio, self.negative_radio = QRadioButton("positive"), QRadioButton("negative")
         self.positive_radio.setChecked(True)
         self.positive_radio.toggled.connect(lambda _: self._update_defaults())
         place = QPushButton("Place")
         place.clicked.connect(lambda: self._place(self.prompts_layer))
-        for w in (QLabel("label"), self.prompt_label, self.positive_radio, negative, place):
+        for w in (QLabel("label"), self.prompt_label, self.positive_radio, self.negative_radio, place):
             row.addWidget(w)
         layout.addWidget(self.prompt_box)
 
@@ -337,9 +337,28 @@ class TemplatePanel(QWidget):
         self.viewer.layers.selection.active = layer
         layer.mode = "add"
 
-    def _points_changed(self, *_) -> None:
+    def _points_changed(self, event=None) -> None:
+        # napari announces a change before making it ("adding") and after ("added"); the defaults
+        # must not move on before the new point has taken them.
+        if str(getattr(getattr(event, "action", None), "value", "")).endswith("ing"):
+            return
+        if event is not None and getattr(event, "source", None) is self.landmarks_layer:
+            self._unique_names()
         self._refresh_landmarks()
         self._update_defaults()
+
+    def _unique_names(self) -> None:
+        """Rename a new point whose name is empty or taken (napari gives a new point the selected point's name)."""
+        names = self.landmark_names()
+        seen: set[str] = set()
+        for i, name in enumerate(names):
+            if not name.strip() or name in seen:
+                names[i] = _next_name(seen | set(names))
+            seen.add(names[i])
+        if names != self.landmark_names():
+            features = self.landmarks_layer.features.copy()
+            features["name"] = names
+            self.landmarks_layer.features = features
 
     def _update_defaults(self) -> None:
         """What a point placed with napari's add tool gets: the typed name (else ``L<n>``), the chosen label."""
