@@ -229,3 +229,20 @@ def test_point_off_the_png_plane_is_refused(tmp_path, template_files, capsys):
     assert main(["template", str(template_files[0]), "--landmarks", str(path), "--out", str(tmp_path / "t.json")]) == 2
     err = capsys.readouterr().err
     assert "'apex'" in err and "off the image plane" in err and "off.mrk.json" in err
+
+
+def test_base_install_imports_no_qt():
+    """``pip install medshot`` stays free of Qt: the CLI (annotate included) and markups import none of it."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "pyproject.toml").read_text()
+    deps = text[text.index("dependencies = ["):].split("]", 1)[0].splitlines()[1:]  # tomllib needs Python 3.11
+    assert not [d for d in deps if any(q in d.lower() for q in ("napari", "qt", "pyside", "vispy"))]
+    code = ("import sys, medshot, medshot.cli, medshot.markups; medshot.cli.build_parser(); "
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('napari', 'qtpy', 'PyQt5', 'PyQt6', 'PySide6', "
+            "'vispy', 'superqt')]; assert not bad, bad")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root)
+    assert run.returncode == 0, run.stderr

@@ -220,6 +220,10 @@ class RunPanel(QWidget):
             if layer in self.viewer.layers:
                 self.viewer.layers.remove(layer)
         if outcome.image is not None:
+            if not self.result_layers:  # reviewing now: the template's own layers would only lie underneath
+                for layer in self.viewer.layers:
+                    if role_of(layer) in ("image", "landmarks", "prompts", "mask"):
+                        layer.visible = False
             self.result_layers[outcome.stem] = self._add_layers(outcome)
         self._fill_table()
         self.show_target(outcome.stem)
@@ -252,6 +256,7 @@ class RunPanel(QWidget):
                 if c == 3 and o.reason:
                     item.setToolTip(o.reason)
                 self.table.setItem(r, c, item)
+        self.table.resizeColumnsToContents()
         self.table.blockSignals(False)
 
     def table_rows(self) -> list[list[str]]:
