@@ -38,6 +38,7 @@ from qtpy.QtWidgets import (
 from ..errors import MedshotError
 from .layers import frame_for, frame_of, image_layer, landmarks_layer, mask_layer, role_of
 from .runner import TASKS, TargetOutcome, review_order, runnable_backbones, runnable_segmenters, save_corrections
+from .widgets import with_button
 
 
 class RunPanel(QWidget):
@@ -72,7 +73,7 @@ class RunPanel(QWidget):
         form = QFormLayout()
         self.template_edit = QLineEdit()
         self.template_edit.editingFinished.connect(lambda: self.set_template(self.template_edit.text()))
-        form.addRow("Template", _with_button(self.template_edit, "…", self._browse_template))
+        form.addRow("Template", with_button(self.template_edit, "…", self._browse_template))
         self.target_list = QListWidget()
         self.target_list.setMaximumHeight(90)
         form.addRow("Targets", self.target_list)
@@ -93,7 +94,7 @@ class RunPanel(QWidget):
         form.addRow("Segmenter", self.segmenter_combo)
         form.addRow("Task", self.task_combo)
         self.out_edit = QLineEdit()
-        form.addRow("Output", _with_button(self.out_edit, "…", self._browse_out))
+        form.addRow("Output", with_button(self.out_edit, "…", self._browse_out))
         layout.addLayout(form)
 
         row = QHBoxLayout()
@@ -331,14 +332,3 @@ class RunPanel(QWidget):
         path = QFileDialog.getExistingDirectory(self, "Output folder")
         if path:
             self.out_edit.setText(path)
-
-
-def _with_button(edit: QLineEdit, text: str, slot) -> QWidget:
-    box = QWidget()
-    row = QHBoxLayout(box)
-    row.setContentsMargins(0, 0, 0, 0)
-    button = QPushButton(text)
-    button.clicked.connect(slot)
-    row.addWidget(edit, 1)
-    row.addWidget(button)
-    return box

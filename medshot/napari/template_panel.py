@@ -35,8 +35,6 @@ from qtpy.QtWidgets import (
     QPushButton,
     QRadioButton,
     QSpinBox,
-    QTableWidget,
-    QTableWidgetItem,
     QVBoxLayout,
     QWidget,
 )
@@ -44,6 +42,7 @@ from qtpy.QtWidgets import (
 from ..errors import MedshotError
 from .layers import NEGATIVE_COLOR, POSITIVE_COLOR, frame_of, landmarks_layer, mask_layer, prompts_layer, role_of
 from .template_io import data_in_frame, save_template
+from .widgets import LabelNameTable, with_button
 
 
 class TemplatePanel(QWidget):
@@ -116,15 +115,12 @@ class TemplatePanel(QWidget):
 
         box = QGroupBox("Labels (paint them on the mask layer)")
         v = QVBoxLayout(box)
-        self.label_table = QTableWidget(0, 2)
-        self.label_table.setHorizontalHeaderLabels(["label", "name"])
-        self.label_table.horizontalHeader().setStretchLastSection(True)
-        self.label_table.verticalHeader().setVisible(False)
+        self.label_table = LabelNameTable()
         self.label_table.currentCellChanged.connect(lambda r, *_: self._label_row_chosen(r))
         v.addWidget(self.label_table)
         row = QHBoxLayout()
         add, paint = QPushButton("Add label"), QPushButton("Paint")
-        add.clicked.connect(lambda: self.set_label_name(self._next_label(), ""))
+        add.clicked.connect(lambda: self.set_label_name(self.label_table.next_label(), ""))
         paint.clicked.connect(self._paint)
         row.addWidget(add)
         row.addWidget(paint)
@@ -134,11 +130,9 @@ class TemplatePanel(QWidget):
         row = QHBoxLayout()
         self.path_edit = QLineEdit()
         self.path_edit.setPlaceholderText("template.json")
-        browse, save = QPushButton("…"), QPushButton("Save template")
-        browse.clicked.connect(self._browse)
+        save = QPushButton("Save template")
         save.clicked.connect(self._save_clicked)
-        row.addWidget(self.path_edit, 1)
-        row.addWidget(browse)
+        row.addWidget(with_button(self.path_edit, "…", self._browse), 1)
         row.addWidget(save)
         layout.addLayout(row)
         self.status = QLabel("")
@@ -154,19 +148,23 @@ class TemplatePanel(QWidget):
     def _layers_changed(self, *_) -> None:
         images = self._image_layers()
         current = self.image_layer
-        self.image_combo.blockSignals(True)
+        self.image_combo.blockSignals(True)  # a list refresh is no choice of the user's
         self.image_combo.clear()
         for layer in images:
             self.image_combo.addItem(layer.name)
+        if any(layer is current for layer in images):
+            self.image_combo.setCurrentIndex([id(layer) for layer in images].index(id(current)))
         self.image_combo.blockSignals(False)
-        if current in images:
-            self.image_combo.setCurrentIndex(images.index(current))
-        elif images:
+        for attr in ("landmarks_layer", "prompts_layer", "mask_layer"):  # forget deleted layers
+            kept = getattr(self, attr)
+            if kept is not None and not any(layer is kept for layer in self.viewer.layers):
+                setattr(self, attr, None)
+        if images and not any(layer is current for layer in images):
             self.set_image_layer(images[0])
 
     def _image_chosen(self, index: int) -> None:
         images = self._image_layers()
-        if 0 <= index < len(images):
+        if 0 <= index < len(images) and images[index] is not self.image_layer:
             self.set_image_layer(images[index])
 
     @property
@@ -193,7 +191,7 @@ class TemplatePanel(QWidget):
             self.path_edit.setText(str(frame.info["template_json"]))
         for layer_ in (self.landmarks_layer, self.prompts_layer):
             if layer_ is not None:
-                layer_.events.data.connect(self._points_changed)
+                self._watch(layer_)
         self._refresh_landmarks()
         self._update_defaults()
 
@@ -208,12 +206,15 @@ class TemplatePanel(QWidget):
         if self.prompts_layer is None and not frame.is_volume:
             data, kwargs, _ = prompts_layer(frame)
             self.prompts_layer = self.viewer.add_points(data, **kwargs)
-            self.prompts_layer.events.data.connect(self._points_changed)
+            self._watch(self.prompts_layer)
         if self.landmarks_layer is None:
             data, kwargs, _ = landmarks_layer(frame, [])
             self.landmarks_layer = self.viewer.add_points(data, **kwargs)
-            self.landmarks_layer.events.data.connect(self._points_changed)
+            self._watch(self.landmarks_layer)
         self._update_defaults()
+
+    def _watch(self, layer) -> None:
+        layer.events.data.connect(self._points_changed)  # napari ignores a second connection of the same slot
 
     # -- landmarks ---------------------------------------------------------------------------
 
@@ -287,35 +288,18 @@ class TemplatePanel(QWidget):
                         POSITIVE_COLOR if positive else NEGATIVE_COLOR)
 
     def label_names(self) -> dict[int, str]:
-        out = {}
-        for r in range(self.label_table.rowCount()):
-            label, name = self.label_table.item(r, 0), self.label_table.item(r, 1)
-            if label is not None and label.text().strip().isdigit():
-                out[int(label.text())] = (name.text().strip() if name is not None else "") or f"label {label.text()}"
-        return out
+        return self.label_table.names()
 
     def set_label_name(self, label: int, name: str) -> None:
-        for r in range(self.label_table.rowCount()):
-            if self.label_table.item(r, 0).text() == str(label):
-                self.label_table.item(r, 1).setText(name)
-                return
-        r = self.label_table.rowCount()
-        self.label_table.insertRow(r)
-        item = QTableWidgetItem(str(int(label)))
-        item.setFlags(item.flags() & ~Qt.ItemIsEditable)
-        self.label_table.setItem(r, 0, item)
-        self.label_table.setItem(r, 1, QTableWidgetItem(name or f"label {label}"))
-
-    def _next_label(self) -> int:
-        return max(self.label_names(), default=0) + 1
+        self.label_table.set_name(label, name)
 
     def _label_row_chosen(self, row: int) -> None:
-        item = self.label_table.item(row, 0) if row >= 0 else None
-        if item is None:
+        label = self.label_table.label_at(row)
+        if label is None:
             return
-        self.prompt_label.setValue(int(item.text()))
+        self.prompt_label.setValue(label)
         if self.mask_layer is not None:
-            self.mask_layer.selected_label = int(item.text())
+            self.mask_layer.selected_label = label
 
     def _paint(self) -> None:
         self.ensure_layers()
