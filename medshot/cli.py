@@ -1,4 +1,4 @@
-"""Command line: ``medshot template | localize | segment | demo | backbones | evaluate``.
+"""Command line: ``medshot template | localize | segment | demo | backbones | evaluate | annotate``.
 
 Every command checks all of its inputs before writing anything, writes each output atomically
 and, on a problem a user can fix, prints one line naming the file and exits with status 2.
@@ -70,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
                                  "folder)")
     p.add_argument("--mask", help="label map of the template (0 = background)")
     p.add_argument("--landmarks", help="CSV with columns name,x,y (or landmark_id,x,y; optional image column); "
-                                       "volumes: name,i,j,k (voxels) or name,x_mm,y_mm,z_mm (RAS mm)")
+                                       "volumes: name,i,j,k (voxels) or name,x_mm,y_mm,z_mm (RAS mm); "
+                                       "or 3D Slicer markups (.mrk.json, .fcsv)")
     p.add_argument("--labels", help="comma-separated labels of the mask to use (default: all)")
     p.add_argument("--label-names", help="CSV with columns label,name")
     p.add_argument("--positive", type=int, default=5, help="positive prompt points per label (default 5)")
@@ -94,6 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="medshot-demo", help="output folder (default: medshot-demo)")
 
     sub.add_parser("backbones", help="list backbones and segmenters and whether each can run here")
+
+    from .napari.annotate import add_annotate_parser  # no napari import: the base install lists it too
+
+    add_annotate_parser(sub)
 
     p = sub.add_parser("evaluate", help="score methods and baselines on a labelled dataset (tables, plots, report)")
     p.add_argument("--data", required=True,
@@ -274,15 +279,17 @@ RESULTS_HEADER = ["target", "label", "area_px", "score", "seconds", "status", "r
 
 
 def localize_work(shot, path: Path) -> tuple[dict[str, bytes], list[list]]:
-    """One target of ``medshot localize``: no files, one row per landmark."""
+    """One target of ``medshot localize``: a 3D Slicer ``<stem>.mrk.json`` and one row per landmark."""
     from .io import check_contrast, load_image
+    from .markups import landmark_markups_bytes
     from .pipeline import score_status
 
     image = load_image(path)
     check_contrast(image.array, path)
     result = shot.localize(image)
-    return {}, [[lm.name, round(lm.x, 3), round(lm.y, 3), round(lm.confidence, 4), score_status(lm.confidence)]
-                for lm in result.landmarks]
+    files = {image.stem + ".mrk.json": landmark_markups_bytes(image, result.landmarks)}
+    return files, [[lm.name, round(lm.x, 3), round(lm.y, 3), round(lm.confidence, 4), score_status(lm.confidence)]
+                   for lm in result.landmarks]
 
 
 def segment_work(shot, path: Path) -> tuple[dict[str, bytes], list[list]]:
@@ -317,14 +324,29 @@ def cmd_localize(args: argparse.Namespace) -> int:
     if template_json_is_volume(args.template):
         return cmd_localize_3d(args)
     from .batch import BatchSpec
+    from .io import path_stem
 
     check_batch_options(args)
     shot = _make_shot(args)
     if not shot.template.landmarks:
         raise MedshotError("template has no landmarks to localize", args.template)
     files = _check_targets(args)
+    _refuse_colliding_stems(files)  # one <stem>.mrk.json per target
+    t = shot.template
+    refuse_overwriting_inputs(args.out, [path_stem(f) + ".mrk.json" for f in files], [args.template, t.image_path])
     spec = BatchSpec("localize", "landmarks.csv", LANDMARKS_HEADER, localize_work)
     return _run(args, spec, shot, files)
+
+
+def _refuse_colliding_stems(files: list[Path]) -> list[str]:
+    """The targets' file stems; an error when two share one (their outputs would overwrite each other)."""
+    from .io import path_stem
+
+    stems = [path_stem(f) for f in files]
+    if len(set(stems)) != len(stems):
+        dup = sorted({s for s in stems if stems.count(s) > 1})
+        raise MedshotError(f"several targets share the file stem(s) {', '.join(dup)}; outputs would collide")
+    return stems
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
@@ -333,7 +355,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     if template_json_is_volume(args.template):
         return cmd_segment_3d(args)
     from .batch import BatchSpec
-    from .io import NIFTI_SUFFIXES, path_stem
+    from .io import NIFTI_SUFFIXES
 
     check_batch_options(args)
     shot = _make_shot(args)
@@ -341,10 +363,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         raise MedshotError("template has no mask or prompts to segment", args.template)
     shot.segmenter  # noqa: B018 - load it now: a missing checkpoint is one error, not one per target
     files = _check_targets(args)
-    stems = [path_stem(f) for f in files]
-    if len(set(stems)) != len(stems):
-        dup = sorted({s for s in stems if stems.count(s) > 1})
-        raise MedshotError(f"several targets share the file stem(s) {', '.join(dup)}; outputs would collide")
+    stems = _refuse_colliding_stems(files)
     names = [n for f, stem in zip(files, stems) for n in
              (stem + ("_mask.nii.gz" if f.name.lower().endswith(NIFTI_SUFFIXES) else "_mask.png"),
               stem + "_overlay.png")]
@@ -376,6 +395,12 @@ def cmd_backbones(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_annotate(args: argparse.Namespace) -> int:
+    from .napari.annotate import annotate
+
+    return annotate(args.image, args.template, args.targets, args.out, args.screenshot)
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .experiment import run_from_args
 
@@ -389,6 +414,7 @@ COMMANDS = {
     "demo": cmd_demo,
     "backbones": cmd_backbones,
     "evaluate": cmd_evaluate,
+    "annotate": cmd_annotate,
 }
 
 

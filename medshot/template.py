@@ -179,7 +179,11 @@ class Template:
         template = cls(image_path=Path(image_path), mask_path=Path(mask_path) if mask_path else None,
                        window=window, slice_index=slice_index)
         image = template.image
-        if landmarks_csv is not None:
+        if landmarks_csv is not None and Path(landmarks_csv).name.lower().endswith((".mrk.json", ".fcsv")):
+            from .markups import markups_landmarks_2d  # 3D Slicer markups; imported here: it imports this module
+
+            template.landmarks = markups_landmarks_2d(landmarks_csv, image)
+        elif landmarks_csv is not None:
             template.landmarks = read_landmarks_csv(landmarks_csv, image_name=Path(image_path).name)
         mask = template.mask
         if mask is not None:

@@ -133,12 +133,14 @@ def _load_target(path: Path):
 
 
 def localize_work_3d(shot, path: Path) -> tuple[dict[str, bytes], list[list]]:
-    """One target of ``medshot localize`` on volumes: one row per landmark (voxels and mm)."""
+    """One target of ``medshot localize`` on volumes: a 3D Slicer ``<stem>.mrk.json``, one row per landmark."""
+    from ..markups import volume_markups_bytes
     from ..pipeline import score_status
 
     result = shot.localize(_load_target(path))
-    return {}, [[lm.name, *[round(float(v), 3) for v in lm.ijk], *[round(float(v), 3) for v in lm.xyz],
-                 round(lm.confidence, 4), score_status(lm.confidence)] for lm in result.landmarks]
+    files = {volume_stem(path) + ".mrk.json": volume_markups_bytes(result.landmarks)}
+    return files, [[lm.name, *[round(float(v), 3) for v in lm.ijk], *[round(float(v), 3) for v in lm.xyz],
+                    round(lm.confidence, 4), score_status(lm.confidence)] for lm in result.landmarks]
 
 
 def segment_work_3d(shot, path: Path) -> tuple[dict[str, bytes], list[list]]:
@@ -176,10 +178,10 @@ def _run_3d(args: argparse.Namespace, spec, shot) -> int:
     targets = list_volume_targets(args.targets)
     refuse_out_in_targets(args.out, args.targets, targets)
     t = shot.template
-    if spec.command == "segment":
-        _unique_stems(targets)
-        names = [volume_stem(p) + "_mask.nii.gz" for p in targets]
-        refuse_overwriting_inputs(args.out, names, [args.template, t.image_path, t.mask_path, *targets])
+    _unique_stems(targets)
+    suffix = "_mask.nii.gz" if spec.command == "segment" else ".mrk.json"
+    names = [volume_stem(p) + suffix for p in targets]
+    refuse_overwriting_inputs(args.out, names, [args.template, t.image_path, t.mask_path, *targets])
     return run_batch(spec, shot, targets, args.out, batch_settings(args, t), resume=args.resume,
                      workers=args.workers, scheduler=args.scheduler, quiet=args.quiet)
 

@@ -175,7 +175,11 @@ class VolumeTemplate:
         """Make a template from a volume, an optional label map and an optional landmark CSV."""
         template = cls(image_path=Path(image_path), mask_path=Path(mask_path) if mask_path else None, window=window)
         vol = template.image
-        if landmarks_csv is not None:
+        if landmarks_csv is not None and Path(landmarks_csv).name.lower().endswith((".mrk.json", ".fcsv")):
+            from ..markups import markups_landmarks_3d  # 3D Slicer markups (.mrk.json, .fcsv)
+
+            template.landmarks = markups_landmarks_3d(landmarks_csv, vol)
+        elif landmarks_csv is not None:
             template.landmarks = read_landmarks_csv_3d(landmarks_csv, vol, image_name=volume_stem(image_path))
         mask = template.mask
         if mask is not None:
