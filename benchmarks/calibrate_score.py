@@ -16,6 +16,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
@@ -25,7 +26,14 @@ from pathlib import Path
 import numpy as np
 
 import medshot
-from medshot.confidence import LabelEvidence, LandmarkEvidence, features, fit_logistic
+from medshot.confidence import (
+    LABEL_FEATURES,
+    LANDMARK_FEATURES,
+    LabelEvidence,
+    LandmarkEvidence,
+    features,
+    fit_logistic,
+)
 from medshot.evaluate import dice, normalized_distance
 from medshot.experiment import discover_dataset, make_template, split_cases
 from medshot.io import load_label_map
@@ -34,50 +42,96 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from evaldata_2d import DEFAULT_DATA, TASKS, roc_auc  # noqa: E402
 
 LANDMARK_BAR = 0.02  # a landmark counts as right within 2 % of the image diagonal
+SD_FLOOR = 0.05
+ABSENT_PER_TEMPLATE = 2  # negative controls per template (images of other tasks)
 
 
-def collect(task: str, data: Path, cache: dict) -> None:
+def collect(task: str, data: Path, cache: dict, tasks: list[str]) -> None:
+    """Evidence and truth for every tune-half pair of ``task``, plus negative controls.
+
+    A negative control pairs a template with a tune-half image of *another* task: the structure is
+    absent there, so every label and landmark found in it is wrong. Without such pairs the model would
+    never see what an absent structure looks like.
+    """
     dataset = discover_dataset(data / TASKS[task])
     names = split_cases(dataset.names, "tune")
-    for t_name in names:
+    others = [t for t in tasks if t != task]
+    for n, t_name in enumerate(names):
+        controls = []
+        for k in range(ABSENT_PER_TEMPLATE):
+            other = others[(n + k) % len(others)]
+            other_names = split_cases(discover_dataset(data / TASKS[other]).names, "tune")
+            controls.append((f"absent|{t_name}|{other}:{other_names[n % len(other_names)]}", other,
+                             other_names[n % len(other_names)]))
         pending = [g for g in names if g != t_name and f"{task}|{t_name}|{g}" not in cache]
-        if not pending:
+        pending_controls = [c for c in controls if f"{task}|{c[0]}" not in cache]
+        if not pending and not pending_controls:
             continue
         shot = medshot.OneShot(make_template(dataset.case(t_name), dataset.label_names))
         for g_name in pending:
             target = dataset.case(g_name)
             result = shot.run(target.image, landmarks=dataset.has_landmarks, masks=dataset.has_masks)
-            rows = []
-            if dataset.has_masks:
-                truth = load_label_map(target.mask, target.shape)
-                for label, e in result.evidence.items():
-                    if isinstance(e, LabelEvidence):
-                        rows.append({"kind": "label", "ok": dice(result.label_map == label, truth == label) >= 0.5,
-                                     **features(e)})
-            if dataset.has_landmarks:
-                true = {lm.name: (lm.x, lm.y) for lm in target.landmarks}
-                for lm in result.landmarks:
-                    e = result.evidence.get(lm.name)
-                    if isinstance(e, LandmarkEvidence) and lm.name in true:
-                        ned = float(normalized_distance(np.array([lm.x, lm.y]), np.array(true[lm.name]),
-                                                        target.shape))
-                        rows.append({"kind": "landmark", "ok": ned <= LANDMARK_BAR, **features(e)})
-            cache[f"{task}|{t_name}|{g_name}"] = rows
+            cache[f"{task}|{t_name}|{g_name}"] = _rows(result, dataset, target)
+        for key, other, g_name in pending_controls:
+            image = discover_dataset(data / TASKS[other]).case(g_name).image
+            result = shot.run(image, landmarks=dataset.has_landmarks, masks=dataset.has_masks)
+            cache[f"{task}|{key}"] = [{**r, "ok": False} for r in _rows(result, dataset, None)]
 
 
-def fit(rows: list[dict], names: list[str], tasks: list[str], l2: float) -> tuple[dict, float]:
+def _rows(result, dataset, target) -> list[dict]:
+    """One row per label and landmark: its evidence and whether it is right (``target`` None: nothing is)."""
+    rows = []
+    truth = load_label_map(target.mask, target.shape) if target is not None and dataset.has_masks else None
+    true = {lm.name: (lm.x, lm.y) for lm in target.landmarks} if target is not None else {}
+    for key, e in result.evidence.items():
+        if isinstance(e, LabelEvidence):
+            ok = truth is not None and dice(result.label_map == key, truth == key) >= 0.5
+            rows.append({"kind": "label", "ok": bool(ok), **features(e)})
+    for lm in result.landmarks:
+        e = result.evidence.get(lm.name)
+        if isinstance(e, LandmarkEvidence):
+            ok = lm.name in true and float(normalized_distance(np.array([lm.x, lm.y]), np.array(true[lm.name]),
+                                                               target.shape)) <= LANDMARK_BAR
+            rows.append({"kind": "landmark", "ok": bool(ok), **features(e)})
+    return rows
+
+
+def fit(rows: list[dict], names: list[str], groups: list[str], l2: float) -> dict:
+    """The model on ``names`` (groups, i.e. tasks, weighted equally), as the dict confidence.py holds."""
     X = np.array([[r[k] for k in names] for r in rows], float)
     y = np.array([r["ok"] for r in rows], float)
-    # Tasks count equally, however many labels or pairs each has.
-    counts = {t: sum(1 for tt in tasks if tt == t) for t in set(tasks)}
-    weight = np.array([len(rows) / (len(counts) * counts[t]) for t in tasks])
-    mean, sd = X.mean(0), X.std(0) + 1e-9
-    Z = (X - mean) / sd
-    coef, intercept = fit_logistic(Z, y, weight, l2)
-    model = {"mean": dict(zip(names, np.round(mean, 5).tolist())), "sd": dict(zip(names, np.round(sd, 5).tolist())),
-             "coef": dict(zip(names, np.round(coef, 4).tolist())), "intercept": round(intercept, 4)}
-    p = 1 / (1 + np.exp(-(Z @ coef + intercept)))
-    return model, roc_auc(p, y < 0.5)
+    counts = {g: groups.count(g) for g in set(groups)}
+    weight = np.array([len(rows) / (len(counts) * counts[g]) for g in groups])
+    # A floor on the spread: a feature that hardly varies on the tune half (the field of view rarely cuts
+    # a cephalogram's landmarks off) must not blow up where it does vary.
+    mean, sd = X.mean(0), np.maximum(X.std(0), SD_FLOOR)
+    coef, intercept = fit_logistic((X - mean) / sd, y, weight, l2)
+    return {"mean": dict(zip(names, np.round(mean, 5).tolist())), "sd": dict(zip(names, np.round(sd, 5).tolist())),
+            "coef": dict(zip(names, np.round(coef, 4).tolist())), "intercept": round(intercept, 4)}
+
+
+def predict(model: dict, rows: list[dict]) -> np.ndarray:
+    z = model["intercept"] + sum(model["coef"][k] * (np.array([r[k] for r in rows]) - model["mean"][k])
+                                 / model["sd"][k] for k in model["coef"])
+    return 1 / (1 + np.exp(-z))
+
+
+def held_out_auc(rows: list[dict], names: list[str], groups: list[str], l2: float) -> float:
+    """ROC AUC (score vs failure) of predictions for each group by a model fitted on the other groups."""
+    scores = np.zeros(len(rows))
+    for g in set(groups):
+        train = [i for i, gg in enumerate(groups) if gg != g]
+        test = [i for i, gg in enumerate(groups) if gg == g]
+        model = fit([rows[i] for i in train], names, [groups[i] for i in train], l2)
+        scores[test] = predict(model, [rows[i] for i in test])
+    return roc_auc(scores, ~np.array([r["ok"] for r in rows], bool))
+
+
+def select(rows: list[dict], candidates: list[str], groups: list[str], l2: float) -> list[tuple[float, tuple]]:
+    """Every subset of ``candidates`` ranked by its held-out AUC (ties: fewer features first)."""
+    ranked = [(held_out_auc(rows, list(sub), groups, l2), sub)
+              for k in range(1, len(candidates) + 1) for sub in itertools.combinations(candidates, k)]
+    return sorted(ranked, key=lambda r: (-round(r[0], 3), len(r[1])))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="/tmp/medshot-calibrate")
     p.add_argument("--tasks", default=",".join(TASKS))
     p.add_argument("--l2", type=float, default=1.0)
+    p.add_argument("--select", action="store_true",
+                   help="rank every subset of the evidence by held-out AUC (leave one task out for labels, one "
+                        "template out for landmarks) instead of fitting the features confidence.py names")
     args = p.parse_args(argv)
     data = Path(args.data)
     if not data.is_dir():
@@ -99,24 +156,38 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for task in tasks:
             print(f"[{task}] tune half", file=sys.stderr, flush=True)
-            collect(task, data, cache)
+            collect(task, data, cache, tasks)
             cache_path.write_text(json.dumps(cache))
     finally:
         cache_path.write_text(json.dumps(cache))
-    for kind, cls, name in (("label", LabelEvidence, "LABEL_MODEL"), ("landmark", LandmarkEvidence, "LANDMARK_MODEL")):
-        rows, row_tasks = [], []
+    kinds = (("label", LabelEvidence, LABEL_FEATURES, "LABEL_MODEL"),
+             ("landmark", LandmarkEvidence, LANDMARK_FEATURES, "LANDMARK_MODEL"))
+    for kind, cls, chosen, name in kinds:
+        # Labels are held out by task (a new task is what the model must survive) and the negative controls
+        # form a group of their own; landmarks, of which one task has them, are held out by template.
+        rows, groups = [], []
         for key, recs in cache.items():
-            if key.split("|")[0] in tasks:
-                for r in recs:
-                    if r["kind"] == kind:
-                        rows.append(r)
-                        row_tasks.append(key.split("|")[0])
+            parts = key.split("|")  # task|template|target, or task|absent|template|other task:case
+            if parts[0] not in tasks:
+                continue
+            control = parts[1] == "absent"
+            template = parts[2] if control else parts[1]
+            group = ("absent" if control else parts[0]) if kind == "label" else template
+            for r in recs:
+                if r["kind"] == kind:
+                    rows.append(r)
+                    groups.append(group)
         if not rows:
             continue
-        model, auc = fit(rows, [f.name for f in fields(cls)], row_tasks, args.l2)
         ok = np.mean([r["ok"] for r in rows])
-        print(f"# {kind}: {len(rows)} samples from {len(set(row_tasks))} tasks (tune half), {ok:.1%} right; "
-              f"tune-half ROC AUC {auc:.3f}")
+        print(f"# {kind}: {len(rows)} samples, {len(set(groups))} groups (tune half), {ok:.1%} right")
+        if args.select:
+            for auc, sub in select(rows, [f.name for f in fields(cls)], groups, args.l2)[:10]:
+                print(f"#   held-out AUC {auc:.3f}: {', '.join(sub)}")
+            continue
+        model = fit(rows, list(chosen), groups, args.l2)
+        print(f"# held-out AUC {held_out_auc(rows, list(chosen), groups, args.l2):.3f}, in-sample "
+              f"{roc_auc(predict(model, rows), ~np.array([r['ok'] for r in rows], bool)):.3f}")
         print(f"{name} = {json.dumps(model, indent=4)}\n")
     return 0
 

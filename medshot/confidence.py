@@ -9,7 +9,12 @@ logistic models of a few measurements that do not depend on the task:
 - how much of the template's region the target's field of view holds;
 - the *margin*: by how much the chosen correspondence beats the best candidate that puts the
   structure somewhere else (two equally good, disagreeing answers mean the choice is a coin toss);
-- for masks, the structure's share of the template image (small structures are harder); for
+- *stability*: how much the label moves between the refinements of the chosen placement that were
+  tried (the affine alone, demons, descriptor block matching) - the agreement of several
+  registrations, as in multi-atlas segmentation;
+- for masks, whether the carried region looks like the template's structure (its contrast against a
+  ring around it, in normalised intensity), and the structure's share of the template image (small
+  structures are harder); for
   landmarks, how distinct the re-matched descriptor peak is, whether the match is mutual, and how
   far re-matching moved the carried point.
 
@@ -33,6 +38,8 @@ class LabelEvidence:
     local: float  # NGF agreement around this label (a band of its size around it)
     present: float  # fraction of the region inside the target's field of view
     margin: float  # chosen verification minus that of the best candidate placing this label elsewhere
+    stability: float  # mean Dice of the label carried by the chosen field and by each alternative refinement
+    appearance: float  # exp(-|difference of the inside-minus-ring contrast, target vs template| / 0.1)
     relative_size: float  # log10 of the label's share of the template image
 
 
@@ -47,18 +54,22 @@ class LandmarkEvidence:
     moved: float  # re-matching shift / search radius
 
 
+# The evidence the models use, chosen on the tune half by held-out AUC (leave one task out for labels, one
+# template out for landmarks: ``benchmarks/calibrate_score.py --select``); the simplest of the best.
+LABEL_FEATURES = ("agreement", "stability", "appearance", "relative_size")
+LANDMARK_FEATURES = ("local", "peak", "moved")
 # Fitted by benchmarks/calibrate_score.py on the tune half (standardised features: (x - mean) / sd).
 LABEL_MODEL = {
-    "mean": {"agreement": 0.0, "local": 0.0, "present": 0.0, "margin": 0.0, "relative_size": 0.0},
-    "sd": {"agreement": 1.0, "local": 1.0, "present": 1.0, "margin": 1.0, "relative_size": 1.0},
-    "coef": {"agreement": 1.0, "local": 1.0, "present": 1.0, "margin": 1.0, "relative_size": 0.0},
-    "intercept": 0.0,
+    "mean": {"agreement": 0.25687, "stability": 0.70791, "appearance": 0.57013, "relative_size": -1.8875},
+    "sd": {"agreement": 0.0555, "stability": 0.19276, "appearance": 0.25912, "relative_size": 0.60138},
+    "coef": {"agreement": 0.6486, "stability": 1.4648, "appearance": 0.2647, "relative_size": 0.5277},
+    "intercept": 1.2257,
 }
 LANDMARK_MODEL = {
-    "mean": {"agreement": 0.0, "local": 0.0, "present": 0.0, "margin": 0.0, "peak": 0.0, "mutual": 0.0, "moved": 0.0},
-    "sd": {"agreement": 1.0, "local": 1.0, "present": 1.0, "margin": 1.0, "peak": 1.0, "mutual": 1.0, "moved": 1.0},
-    "coef": {"agreement": 1.0, "local": 1.0, "present": 1.0, "margin": 1.0, "peak": 1.0, "mutual": 1.0, "moved": -1.0},
-    "intercept": 0.0,
+    "mean": {"local": 0.30227, "peak": 0.63577, "moved": 0.06456},
+    "sd": {"local": 0.08174, "peak": 0.24537, "moved": 0.05},
+    "coef": {"local": 0.8999, "peak": 1.1613, "moved": 0.4029},
+    "intercept": 2.8663,
 }
 
 

@@ -10,6 +10,7 @@ import numpy as np
 from scipy import ndimage
 
 from .confidence import LabelEvidence, LandmarkEvidence
+from .evaluate import dice
 from .match.correspond import Correspondence
 from .match.geometry import apply_affine
 from .match.verify import Verifier
@@ -23,6 +24,13 @@ def _margin(corr: Correspondence, point: np.ndarray, radius: float) -> float:
     rivals = [c.verification.score for c in corr.candidates
               if np.hypot(*(apply_affine(c.matrix, point)[0] - at)) > radius * scale]
     return chosen.verification.score - (max(rivals) if rivals else 0.0)
+
+
+def _contrast(image: np.ndarray, inside: np.ndarray, around: np.ndarray) -> float:
+    """Mean intensity inside a region minus in a ring around it (0 when either is empty)."""
+    if not inside.any() or not around.any():
+        return 0.0
+    return float(image[inside].mean() - image[around].mean())
 
 
 def _local(verifier: Verifier, target: np.ndarray, corr: Correspondence):
@@ -55,12 +63,15 @@ class Evidence:
         h, w = image.shape
         self.diag = float(np.hypot(h, w))
         self.labels: dict[int, tuple[Verifier, np.ndarray, float, float]] = {}
+        self.regions = labels
+        self.contrast: dict[int, float] = {}
         for label, region in labels.items():
             area = float(region.sum())
             if area == 0:
                 continue
             radius = float(np.sqrt(area / np.pi))
             band = ndimage.distance_transform_edt(~region) <= max(2.0, 0.5 * radius)
+            self.contrast[label] = _contrast(image, region, band & ~region)
             center = np.argwhere(region).mean(axis=0)
             self.labels[label] = (Verifier(image, band * weight, side, sigma, eps), center, radius,
                                   np.log10(area / (h * w)))
@@ -73,9 +84,18 @@ class Evidence:
     def for_labels(self, target: np.ndarray, corr: Correspondence) -> dict[int, LabelEvidence]:
         """Evidence per label of the template's mask."""
         v = corr.verification or corr.chosen.verification
-        return {label: LabelEvidence(v.agreement, _local(verifier, target, corr).agreement, v.present,
-                                     _margin(corr, center, radius), share)
-                for label, (verifier, center, radius, share) in self.labels.items()}
+        out = {}
+        for label, (verifier, center, radius, share) in self.labels.items():
+            region = self.regions[label].astype(np.float32)
+            carried = ndimage.map_coordinates(region, corr.backward, order=1) > 0.5
+            stability = float(np.mean([dice(carried, ndimage.map_coordinates(region, f, order=1) > 0.5)
+                                       for f in corr.alternatives])) if corr.alternatives else 1.0
+            ring = (ndimage.distance_transform_edt(~carried) <= max(2.0, 0.5 * radius)) & ~carried
+            difference = abs(_contrast(target, carried, ring) - self.contrast[label])
+            out[label] = LabelEvidence(v.agreement, _local(verifier, target, corr).agreement, v.present,
+                                       _margin(corr, center, radius), stability,
+                                       float(np.exp(-difference / 0.1)), share)
+        return out
 
     def for_landmarks(self, target: np.ndarray, corr: Correspondence, peak: np.ndarray, mutual: np.ndarray,
                       moved: np.ndarray) -> list[LandmarkEvidence]:

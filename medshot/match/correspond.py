@@ -73,6 +73,9 @@ class Correspondence:
         The final correspondence's (deformation included) verification.
     verified_at : ndarray (2, h, w) or None
         Where each pixel of the verifier's template grid lies in the target (working pixels).
+    alternatives : list of ndarray (2, H, W)
+        Backward fields of the other refinements of the chosen affine (the affine alone, the
+        deformation not chosen): where they disagree with ``backward``, the result is uncertain.
     """
 
     backward: np.ndarray
@@ -81,6 +84,7 @@ class Correspondence:
     candidates: list[Candidate] = field(default_factory=list)
     verification: Verification | None = None
     verified_at: np.ndarray | None = None
+    alternatives: list[np.ndarray] = field(default_factory=list)
 
     @property
     def score(self) -> float:
@@ -224,6 +228,7 @@ def correspond(template: TemplateSide, target: np.ndarray, target_features: np.n
                                  grid_coords(chosen.matrix @ np.linalg.inv(verify.to_level), verify.shape))
     methods = {"auto": ("demons", "features"), "none": ()}.get(options.deformation, (options.deformation,))
     best = affine_only
+    tried = [affine_only]
     level_points = grid_coords(np.linalg.inv(verify.to_level), verify.shape).reshape(2, -1).T
     for method in methods:
         if method == "features":
@@ -242,6 +247,8 @@ def correspond(template: TemplateSide, target: np.ndarray, target_features: np.n
         deformed = Correspondence(backward, chosen.matrix, chosen, candidates)
         deformed.verified_at = deformed.forward(level_points).T.reshape((2, *verify.shape))
         deformed.verification = verify.score_coords(target, deformed.verified_at)
+        tried.append(deformed)
         if deformed.verification.score > best.score:
             best = deformed
+    best.alternatives = [c.backward for c in tried if c is not best]
     return best
