@@ -2,7 +2,7 @@
 
 medshot never downloads on its own initiative in tests; users who want a download run
 ``hf download <repo>`` (or let ``from_pretrained`` fetch with network access, when
-``HF_HUB_OFFLINE`` is not set). Every failure becomes a :class:`~medshot.errors.WeightsNotFoundError`
+``HF_HUB_OFFLINE`` is not set). Every failure becomes a :class:`~medshot.core.errors.WeightsNotFoundError`
 that names the checkpoint, how to get it, and that the weights-free backend works offline.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .errors import WeightsNotFoundError
+from ..core.errors import WeightsNotFoundError
 
 
 def offline() -> bool:
