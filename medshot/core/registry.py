@@ -128,9 +128,11 @@ class Registry:
         self._entries[entry.name] = entry
 
     def names(self) -> list[str]:
+        """The registered names, in table order."""
         return list(self._entries)
 
     def entries(self) -> list[Entry]:
+        """The registered entries, in table order."""
         return list(self._entries.values())
 
     def __contains__(self, name: object) -> bool:

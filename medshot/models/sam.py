@@ -67,6 +67,7 @@ _CACHE_SIZE = 2
 
 
 def torch_available() -> bool:
+    """Whether torch and transformers are installed (looked up without importing them)."""
     return importlib.util.find_spec("torch") is not None and importlib.util.find_spec("transformers") is not None
 
 

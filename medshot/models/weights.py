@@ -15,10 +15,22 @@ from ..core.errors import WeightsNotFoundError
 
 
 def offline() -> bool:
+    """Whether ``HF_HUB_OFFLINE`` asks for no network access."""
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def missing_weights_message(name: str, repo_id: str, extra: str = "") -> str:
+    """The one-line "weights not found" message: checkpoint, how to get it, the offline fallback.
+
+    Parameters
+    ----------
+    name : str
+        medshot's name for the model.
+    repo_id : str
+        Its Hugging Face checkpoint.
+    extra : str
+        Inserted after the ``--weights DIR`` hint (e.g. other accepted files).
+    """
     return (
         f"weights for '{name}' not found (needs Hugging Face checkpoint '{repo_id}'). Get them with "
         f"`hf download {repo_id}` on a machine with network access (they land in the HF cache, "
