@@ -97,6 +97,7 @@ def target_case(size: int):
 def bench(name: str, size: int, repeats: int, warmup: int, options: dict, dtype: str = "float32") -> dict:
     import torch
 
+    from medshot.models import sam as samodel
     from medshot.segment import sam as samseg
 
     t0 = time.perf_counter()
@@ -108,7 +109,7 @@ def bench(name: str, size: int, repeats: int, warmup: int, options: dict, dtype:
     image, prompts = target_case(size)
     rows = []
     for i in range(warmup + repeats):
-        samseg._EMBEDDINGS.clear()  # every repeat is a new target: the encoder must run
+        samodel._EMBEDDINGS.clear()  # every repeat is a new target: the encoder must run
         encoder.reset()
         decoder.reset()
         w0, c0 = time.perf_counter(), time.process_time()

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medshot.errors import MedshotError
+from medshot import MedshotError
 from medshot.experiment import EvaluationConfig, parse_list, run_evaluation
 
 TASKS = {

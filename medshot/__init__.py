@@ -7,7 +7,7 @@ Annotate one template image; find the same landmarks and structures in new image
     result.landmarks, result.label_map
 """
 
-from .errors import MedshotError, WeightsNotFoundError
+from .core.errors import MedshotError, WeightsNotFoundError
 from .features import FeatureMap, backbone_names, get_backbone
 from .io import Image2D, load_image, normalize_intensity
 from .pipeline import LandmarkResult, OneShot, TargetResult

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import MedshotError
+from .core.errors import MedshotError
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import MedshotError
+from .core.errors import MedshotError
 from .evaluate import dice, hd95, normalized_distance
 from .io import (
     IMAGE_SUFFIXES,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import MedshotError
+from .core.errors import MedshotError
 from .outputs import (  # noqa: F401 - the writers lived here first; importers keep using medshot.io
     OutputSet,
     atomic_path,

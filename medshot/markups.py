@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import MedshotError
+from .core.errors import MedshotError
 
 SCHEMA = ("https://raw.githubusercontent.com/slicer/slicer/master/Modules/Loadable/Markups/Resources/Schema/"
           "markups-schema-v1.0.3.json#")

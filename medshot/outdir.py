@@ -24,7 +24,7 @@ import socket
 from collections.abc import Sequence
 from pathlib import Path
 
-from .errors import MedshotError
+from .core.errors import MedshotError
 from .io import IMAGE_SUFFIXES, is_image_path
 from .outputs import csv_text, make_output_dir, write_bytes_atomic
 

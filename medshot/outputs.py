@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .errors import MedshotError
+from .core.errors import MedshotError
 
 if TYPE_CHECKING:
     from .io import Image2D

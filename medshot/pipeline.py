@@ -15,7 +15,7 @@ import numpy as np
 from scipy import ndimage
 
 from .confidence import label_score, landmark_confidence
-from .errors import MedshotError
+from .core.errors import MedshotError
 from .evidence import Evidence
 from .features import Backbone, FeatureMap, get_backbone, l2_normalize
 from .features.classical import classical_features

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from .errors import MedshotError
+from .core.errors import MedshotError
 from .io import Image2D, check_contrast, load_image, read_label_map, write_text_atomic
 
 

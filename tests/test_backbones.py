@@ -19,7 +19,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 F = torch.nn.functional
 
-from medshot.errors import WeightsNotFoundError  # noqa: E402
+from medshot.core.errors import WeightsNotFoundError  # noqa: E402
 from medshot.features import get_backbone  # noqa: E402
 from medshot.features.logbin import log_bin  # noqa: E402
 from medshot.features.vit import FAMILIES, ViTBackbone, load_pretrained  # noqa: E402
@@ -232,7 +232,7 @@ def test_log_bin_option_bins_the_grid():
 
 
 def test_bad_options_are_user_errors():
-    from medshot.errors import MedshotError
+    from medshot.core.errors import MedshotError
 
     model = tiny_model("dino")
     for options in ({"layer": 4}, {"layer": -4}, {"layer": 0}, {"facet": "attn"}, {"stride": 9}, {"stride": 0}):
@@ -255,7 +255,7 @@ import json, sys
 import numpy as np
 import torch
 torch.set_num_threads(1)
-from medshot.errors import WeightsNotFoundError
+from medshot.core.errors import WeightsNotFoundError
 from medshot.features import backbone_entries, get_backbone
 jobs, out = json.loads(sys.argv[1]), sys.argv[2]
 result = {}
@@ -326,7 +326,7 @@ def test_registry_imports_without_torch():
     # torch made unimportable: every name is still listed, and says what it needs
     code = ("import sys; sys.modules['torch'] = None\n"
             "from medshot.features import backbone_entries, get_backbone\n"
-            "from medshot.errors import MedshotError\n"
+            "from medshot.core.errors import MedshotError\n"
             "status = {e.name: e.available() for e in backbone_entries()}\n"
             "assert 'torch' not in sys.modules or sys.modules['torch'] is None\n"
             "for name in ('dino_vits8', 'dinov2_vitg14_reg', 'dinov3_vitb16', 'clip_vitl14', 'sd21'):\n"

@@ -290,7 +290,7 @@ def test_compressed_dicom_without_its_decoder_names_the_package(tmp_path, templa
 
 
 def test_weights_messages_name_the_current_hub_command():
-    from medshot.weights import missing_weights_message
+    from medshot.models.weights import missing_weights_message
 
     text = missing_weights_message("dinov2_s14", "facebook/dinov2-small")
     assert "`hf download facebook/dinov2-small`" in text and "huggingface-cli" not in text

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from medshot.errors import MedshotError
+from medshot.core.errors import MedshotError
 from medshot.io import load_image, read_label_map
 from medshot.volume.io3d import load_volume
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from medshot.cli import main
-from medshot.errors import MedshotError
+from medshot.core.errors import MedshotError
 from medshot.io import load_image, save_png
 from medshot.markups import FLIP, SCHEMA, pixel_to_ras, ras_to_pixel, read_markups, write_markups
 from medshot.volume.io3d import load_volume

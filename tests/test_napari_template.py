@@ -14,7 +14,7 @@ from napari_support import register_plugin  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from medshot.cli import main  # noqa: E402
-from medshot.errors import MedshotError  # noqa: E402
+from medshot.core.errors import MedshotError  # noqa: E402
 from medshot.napari.template_panel import TemplatePanel  # noqa: E402
 from medshot.synthetic import LANDMARK_NAMES  # noqa: E402
 from medshot.volume.io3d import load_label_volume, load_volume  # noqa: E402

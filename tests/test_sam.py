@@ -21,9 +21,10 @@ import torch  # noqa: E402
 from sam_tiny import IMAGE_SIZE, PATCH, save_tiny  # noqa: E402
 
 from medshot.features import get_backbone  # noqa: E402
+from medshot.models import sam as samodel  # noqa: E402
+from medshot.models.sam import SamFrame  # noqa: E402
 from medshot.segment import Prompt, Segmentation, get_segmenter  # noqa: E402
 from medshot.segment import sam as samseg  # noqa: E402
-from medshot.segment.sam import SamFrame  # noqa: E402
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -42,9 +43,9 @@ def tiny_dir(tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def _fresh_caches():
-    samseg.clear_caches()
+    samodel.clear_caches()
     yield
-    samseg.clear_caches()
+    samodel.clear_caches()
 
 
 def _count_calls(module) -> list:
@@ -105,7 +106,7 @@ def test_pixel_values_normalise_resize_and_pad(tiny_dir):
     pixels, frame = seg.sam.pixel_values(np.full((64, 32), 0.5, np.float32))
     assert tuple(pixels.shape) == (1, 3, IMAGE_SIZE, IMAGE_SIZE)
     assert frame.resized == (IMAGE_SIZE, IMAGE_SIZE // 2)
-    expected = (127.5 - np.array(samseg.SAM_MEAN)) / np.array(samseg.SAM_STD)
+    expected = (127.5 - np.array(samodel.SAM_MEAN)) / np.array(samodel.SAM_STD)
     np.testing.assert_allclose(pixels[0, :, :, : IMAGE_SIZE // 2].mean(dim=(1, 2)).numpy(), expected, rtol=1e-5)
     assert torch.all(pixels[0, :, :, IMAGE_SIZE // 2:] == 0)
 
@@ -114,10 +115,10 @@ def test_preprocessor_config_sets_normalisation(tmp_path):
     (tmp_path / "preprocessor_config.json").write_text(
         '{"do_rescale": true, "rescale_factor": 0.00392156862745098, "do_normalize": true,'
         ' "image_mean": [0.0, 0.0, 0.0], "image_std": [1.0, 1.0, 1.0]}')
-    mean, std = samseg._normalization_for("medsam_vit_b", tmp_path)
+    mean, std = samodel._normalization_for("medsam_vit_b", tmp_path)
     np.testing.assert_allclose(mean, 0.0)
     np.testing.assert_allclose(std, 255.0)
-    assert samseg._normalization_for("sam_vit_b", tmp_path / "nothing") == (samseg.SAM_MEAN, samseg.SAM_STD)
+    assert samodel._normalization_for("sam_vit_b", tmp_path / "nothing") == (samodel.SAM_MEAN, samodel.SAM_STD)
 
 
 # -- prompts --------------------------------------------------------------------------------------
@@ -274,7 +275,7 @@ def test_oneshot_runs_one_encoder_pass_per_target(tiny_dir, template_files, phan
 
 
 def test_missing_weights_file_names_checkpoint_and_offline_fallback(tmp_path):
-    from medshot.errors import WeightsNotFoundError
+    from medshot.core.errors import WeightsNotFoundError
 
     with pytest.raises(WeightsNotFoundError) as info:
         get_segmenter("sam_vit_b", weights=str(tmp_path / "sam_vit_b_01ec64.pth"))
@@ -287,7 +288,7 @@ def test_registry_imports_without_torch():
     code = textwrap.dedent("""
         import sys
         sys.modules["torch"] = None  # as if torch were not installed
-        from medshot.errors import MedshotError
+        from medshot.core.errors import MedshotError
         from medshot.features import backbone_names, get_backbone
         from medshot.segment import get_segmenter, segmenter_names, segmenter_status
         assert {"sam_vit_b", "sam_vit_l", "sam_vit_h", "slimsam_50", "medsam_vit_b"} <= set(segmenter_names())

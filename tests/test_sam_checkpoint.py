@@ -15,8 +15,9 @@ pytest.importorskip("transformers")
 
 from sam_tiny import tiny_config  # noqa: E402
 
-from medshot.errors import MedshotError  # noqa: E402
-from medshot.sam_checkpoint import (  # noqa: E402
+from medshot.core.errors import MedshotError  # noqa: E402
+from medshot.models import sam as samodel  # noqa: E402
+from medshot.models.checkpoints import (  # noqa: E402
     config_from_official,
     hf_to_official,
     model_from_checkpoint,
@@ -136,17 +137,17 @@ def test_pth_loads_into_identical_model(tmp_path):
     assert torch.equal(a.pred_masks, b.pred_masks) and torch.equal(a.iou_scores, b.iou_scores)
 
     # Through the segmenter registry: --segmenter-weights file.pth.
-    samseg.clear_caches()
+    samodel.clear_caches()
     seg = get_segmenter("sam_vit_b", weights=str(path))
-    assert seg.sam.mean == samseg.SAM_MEAN
+    assert seg.sam.mean == samodel.SAM_MEAN
     out = seg.segment(np.random.default_rng(0).random((60, 80)).astype(np.float32),
                       [samseg.Prompt(1, np.array([[40.0, 30.0]]), np.zeros((0, 2)))])
     assert out[0].mask.shape == (60, 80)
     # A MedSAM .pth is fed [0, 1] intensities, as MedSAM's own inference does.
     medsam = tmp_path / "medsam_vit_b.pth"
     torch.save(official, medsam)
-    assert get_segmenter("medsam_vit_b", weights=str(medsam)).sam.mean == samseg.MEDSAM_MEAN
-    samseg.clear_caches()
+    assert get_segmenter("medsam_vit_b", weights=str(medsam)).sam.mean == samodel.MEDSAM_MEAN
+    samodel.clear_caches()
 
 
 class Payload:

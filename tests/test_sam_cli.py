@@ -68,7 +68,7 @@ def test_missing_weights_is_a_one_line_user_error(case, monkeypatch, capsys):
     from medshot.cli import main
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr("medshot.weights.cached_snapshot", lambda repo_id: None)
+    monkeypatch.setattr("medshot.models.weights.cached_snapshot", lambda repo_id: None)
     monkeypatch.chdir(case)
     code = main(["segment", "--template", "T.json", "--segmenter", "slimsam_50", "--out", "out_missing",
                  "target.png", "--quiet", "--work-size", "64"])

@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from medshot.errors import MedshotError
+from medshot.core.errors import MedshotError
 from medshot.volume.io3d import (
     from_array,
     is_dicom_series_dir,

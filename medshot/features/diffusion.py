@@ -13,8 +13,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..errors import MedshotError, WeightsNotFoundError
-from ..weights import resolve_weights
+from ..core.errors import MedshotError, WeightsNotFoundError
+from ..models.weights import resolve_weights
 from .base import FeatureMap
 from .logbin import log_bin as log_bin_grid
 from .vit import model_input_size, to_model_input, torch_dtype

@@ -3,10 +3,11 @@
 The features are the encoder neck's output (256 channels on a 64 x 64 grid for released models, one
 cell per 16 x 16 input patch), i.e. exactly the image embedding the SAM mask decoder reads. The backbone
 therefore asks OneShot for the full-resolution image (``full_resolution_input``) and computes the
-embedding through :meth:`medshot.segment.sam.SamRuntime.embed`, whose cache hands the same pass to a SAM
+embedding through :meth:`medshot.models.sam.SamRuntime.embed`, whose cache hands the same pass to a SAM
 segmenter on the same weights: one encoder pass per target for features and masks.
 
-Importing this module needs neither torch nor weights; building a backbone does.
+Importing this module needs neither torch nor weights; building a backbone does. The names are listed
+in :mod:`.catalogue`.
 """
 
 from __future__ import annotations
@@ -15,11 +16,8 @@ import os
 
 import numpy as np
 
-from ..segment.sam import VARIANTS, availability, load_sam
+from ..models.sam import load_sam
 from .base import FeatureMap, l2_normalize
-from .registry import BackboneEntry, register_backbone
-
-BACKBONE_NAMES = ("sam_vit_b", "sam_vit_l", "sam_vit_h")
 
 
 class SamBackbone:
@@ -59,18 +57,3 @@ class SamBackbone:
         sy, sx = patch * H / h, patch * W / w
         return FeatureMap(l2_normalize(data, axis=0), (sy, sx), (0.5 * sy - 0.5, 0.5 * sx - 0.5), (H, W))
 
-
-def _factory(name: str):
-    def make(weights: str | os.PathLike | None = None, device=None, dtype=None) -> SamBackbone:
-        return SamBackbone(name, weights=weights, device=device, dtype=dtype)
-
-    return make
-
-
-for _name in BACKBONE_NAMES:
-    register_backbone(BackboneEntry(
-        _name, "sam", _factory(_name),
-        f"{VARIANTS[_name].description}: image-encoder neck, 256 channels at stride 16 of a 1024 frame "
-        "(shares its pass with --segmenter " + _name + ")",
-        checkpoint=VARIANTS[_name].repo_id, availability=lambda _n=_name: availability(_n),
-    ))

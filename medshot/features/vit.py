@@ -24,8 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import MedshotError, WeightsNotFoundError
-from ..weights import resolve_weights
+from ..core.errors import MedshotError, WeightsNotFoundError
+from ..models.weights import resolve_weights
 from .base import FeatureMap
 from .logbin import log_bin as log_bin_grid
 

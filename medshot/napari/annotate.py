@@ -13,7 +13,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from ..errors import MedshotError
+from ..core.errors import MedshotError
 
 INSTALL_HINT = 'napari is not installed; `pip install "medshot[napari]"` adds it'
 WINDOW_SIZE = (1500, 940)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import MedshotError
+from ..core.errors import MedshotError
 from .layers import LayerData, frame_for, image_layer, template_layers
 
 PathOrPaths = str | Sequence[str]

@@ -35,7 +35,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..errors import MedshotError
+from ..core.errors import MedshotError
 from .layers import frame_for, frame_of, image_layer, landmarks_layer, mask_layer, role_of
 from .runner import TASKS, TargetOutcome, review_order, runnable_backbones, runnable_segmenters, save_corrections
 from .widgets import with_button

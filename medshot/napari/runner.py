@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import MedshotError
+from ..core.errors import MedshotError
 
 TASKS = {"localize": (True, False), "segment": (False, True), "localize + segment": (True, True)}
 REVIEW_HEADER = ["target", "score", "status", "weakest", "reason"]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import MedshotError
+from ..core.errors import MedshotError
 from .layers import Frame, frame_of
 
 

@@ -39,7 +39,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..errors import MedshotError
+from ..core.errors import MedshotError
 from .layers import NEGATIVE_COLOR, POSITIVE_COLOR, frame_of, landmarks_layer, mask_layer, prompts_layer, role_of
 from .template_io import data_in_frame, save_template
 from .widgets import LabelNameTable, with_button

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import MedshotError
+from ..core.errors import MedshotError
 from .layers import KEY, Frame, frame_of
 
 NIFTI = (".nii", ".nii.gz")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import MedshotError
+from ..core.errors import MedshotError
 from .io3d import dicom_files, is_dicom_series_dir, nifti_is_volume, volume_stem
 
 PLANES = ("axial", "coronal", "sagittal")

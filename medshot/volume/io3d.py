@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import MedshotError
+from ..core.errors import MedshotError
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 # Relative tolerance on the spacing between consecutive DICOM slices; beyond it slices are missing.

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from ..errors import MedshotError
+from ..core.errors import MedshotError
 from ..features import Backbone, get_backbone
 from ..features.base import l2_normalize
 from .align3d import AlignOptions3D, Correspondence3D, align, resample, separable_interp

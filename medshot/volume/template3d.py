@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import MedshotError
+from ..core.errors import MedshotError
 from ..io import check_contrast, write_text_atomic
 from ..template import choose_labels
 from .io3d import Volume, load_volume, read_label_volume, volume_stem

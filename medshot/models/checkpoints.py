@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .errors import MedshotError
+from ..core.errors import MedshotError
 
 # One rule per group of keys: official template -> transformers template. ``{i}`` is a block or layer
 # index, ``{p}`` a parameter name and ``{rest}`` any tail that both layouts spell the same way. Rules are

@@ -2,7 +2,7 @@
 
 medshot never downloads on its own initiative in tests; users who want a download run
 ``hf download <repo>`` (or let ``from_pretrained`` fetch with network access, when
-``HF_HUB_OFFLINE`` is not set). Every failure becomes a :class:`~medshot.errors.WeightsNotFoundError`
+``HF_HUB_OFFLINE`` is not set). Every failure becomes a :class:`~medshot.core.errors.WeightsNotFoundError`
 that names the checkpoint, how to get it, and that the weights-free backend works offline.
 """
 
@@ -11,14 +11,26 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .errors import WeightsNotFoundError
+from ..core.errors import WeightsNotFoundError
 
 
 def offline() -> bool:
+    """Whether ``HF_HUB_OFFLINE`` asks for no network access."""
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def missing_weights_message(name: str, repo_id: str, extra: str = "") -> str:
+    """The one-line "weights not found" message: checkpoint, how to get it, the offline fallback.
+
+    Parameters
+    ----------
+    name : str
+        medshot's name for the model.
+    repo_id : str
+        Its Hugging Face checkpoint.
+    extra : str
+        Inserted after the ``--weights DIR`` hint (e.g. other accepted files).
+    """
     return (
         f"weights for '{name}' not found (needs Hugging Face checkpoint '{repo_id}'). Get them with "
         f"`hf download {repo_id}` on a machine with network access (they land in the HF cache, "
