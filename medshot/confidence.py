@@ -7,6 +7,8 @@ logistic models of a few measurements that do not depend on the task:
 - how well the target's edges line up with the template's under the chosen correspondence, over the
   whole region and around the label or landmark alone (NGF agreement, :mod:`medshot.match.verify`);
 - how much of the template's region the target's field of view holds;
+- the *sharpness* of that agreement: how much better it is in place than a little to the side (a
+  structure that is absent, or a match driven by noise, agrees about as well anywhere);
 - the *margin*: by how much the chosen correspondence beats the best candidate that puts the
   structure somewhere else (two equally good, disagreeing answers mean the choice is a coin toss);
 - *stability*: how much the label moves between the refinements of the chosen placement that were
@@ -19,8 +21,11 @@ logistic models of a few measurements that do not depend on the task:
   far re-matching moved the carried point.
 
 The coefficients were fitted once, on the *tune* half of the development data (every tune-half
-image as template in turn; ``benchmarks/calibrate_score.py`` prints them), and are checked on the
-report half by ``benchmarks/evaldata_2d.py`` (ROC AUC of the score against Dice < 0.5).
+image as template in turn, plus negative controls: each template against images of other tasks,
+where the structure is absent; ``benchmarks/calibrate_score.py`` prints them), and are checked on
+the report half by ``benchmarks/evaldata_2d.py`` (ROC AUC of the score against Dice < 0.5). Of
+the measurements below the models use the few named in ``LABEL_FEATURES`` and
+``LANDMARK_FEATURES``; the others are kept in each result's ``evidence`` for inspection.
 """
 
 from __future__ import annotations
@@ -40,6 +45,8 @@ class LabelEvidence:
     margin: float  # chosen verification minus that of the best candidate placing this label elsewhere
     stability: float  # mean Dice of the label carried by the chosen field and by each alternative refinement
     appearance: float  # exp(-|difference of the inside-minus-ring contrast, target vs template| / 0.1)
+    sharpness: float  # agreement in place minus next to it (the region shifted by a quarter of its radius)
+    local_sharpness: float  # likewise around this label, shifted by its radius
     relative_size: float  # log10 of the label's share of the template image
 
 
@@ -52,24 +59,26 @@ class LandmarkEvidence:
     peak: float  # distinctness of the re-matched descriptor peak, in [0, 1]
     mutual: float  # 1 when matching back from the target lands on the template point
     moved: float  # re-matching shift / search radius
+    sharpness: float
+    local_sharpness: float  # around this landmark, shifted by 2 % of the diagonal
 
 
 # The evidence the models use, chosen on the tune half by held-out AUC (leave one task out for labels, one
 # template out for landmarks: ``benchmarks/calibrate_score.py --select``); the simplest of the best.
-LABEL_FEATURES = ("agreement", "stability", "appearance", "relative_size")
-LANDMARK_FEATURES = ("local", "peak", "moved")
+LABEL_FEATURES = ("stability", "appearance", "sharpness", "relative_size")
+LANDMARK_FEATURES = ("agreement", "peak", "local_sharpness")
 # Fitted by benchmarks/calibrate_score.py on the tune half (standardised features: (x - mean) / sd).
 LABEL_MODEL = {
-    "mean": {"agreement": 0.25687, "stability": 0.70791, "appearance": 0.57013, "relative_size": -1.8875},
-    "sd": {"agreement": 0.0555, "stability": 0.19276, "appearance": 0.25912, "relative_size": 0.60138},
-    "coef": {"agreement": 0.6486, "stability": 1.4648, "appearance": 0.2647, "relative_size": 0.5277},
-    "intercept": 1.2257,
+    "mean": {"stability": 0.65856, "appearance": 0.51538, "sharpness": 0.0803, "relative_size": -1.9144},
+    "sd": {"stability": 0.23252, "appearance": 0.28387, "sharpness": 0.05, "relative_size": 0.61638},
+    "coef": {"stability": 1.5039, "appearance": 0.3594, "sharpness": 1.9501, "relative_size": 0.8051},
+    "intercept": 0.0194,
 }
 LANDMARK_MODEL = {
-    "mean": {"local": 0.30227, "peak": 0.63577, "moved": 0.06456},
-    "sd": {"local": 0.08174, "peak": 0.24537, "moved": 0.05},
-    "coef": {"local": 0.8999, "peak": 1.1613, "moved": 0.4029},
-    "intercept": 2.8663,
+    "mean": {"agreement": 0.25742, "peak": 0.51454, "local_sharpness": 0.07814},
+    "sd": {"agreement": 0.06347, "peak": 0.29137, "local_sharpness": 0.05827},
+    "coef": {"agreement": 2.6348, "peak": 1.1001, "local_sharpness": 1.475},
+    "intercept": -0.067,
 }
 
 

@@ -12,7 +12,7 @@ from scipy import ndimage
 from .confidence import LabelEvidence, LandmarkEvidence
 from .evaluate import dice
 from .match.correspond import Correspondence
-from .match.geometry import apply_affine
+from .match.geometry import apply_affine, grid_coords
 from .match.verify import Verifier
 
 
@@ -33,11 +33,29 @@ def _contrast(image: np.ndarray, inside: np.ndarray, around: np.ndarray) -> floa
     return float(image[inside].mean() - image[around].mean())
 
 
-def _local(verifier: Verifier, target: np.ndarray, corr: Correspondence):
-    """A local verifier's view of the final correspondence (its grid is the correspondence verifier's)."""
+def _placed(verifier: Verifier, corr: Correspondence) -> np.ndarray:
+    """Where the verifier's template grid lies in the target under the final correspondence."""
     if corr.verified_at is not None and corr.verified_at.shape[1:] == verifier.shape:
-        return verifier.score_coords(target, corr.verified_at)
-    return verifier(target, corr.matrix)
+        return corr.verified_at
+    return grid_coords(corr.matrix @ np.linalg.inv(verifier.to_level), verifier.shape)
+
+
+def _local(verifier: Verifier, target: np.ndarray, corr: Correspondence):
+    """A local verifier's view of the final correspondence."""
+    return verifier.score_coords(target, _placed(verifier, corr))
+
+
+def _sharpness(verifier: Verifier, target: np.ndarray, corr: Correspondence, shift: float) -> float:
+    """Agreement where the correspondence puts the region minus its mean ``shift`` pixels away (4 directions).
+
+    A structure that is really there agrees much better in place than next to it; in an image where it
+    is absent, or where nothing but noise drives the match, agreement is about as good anywhere.
+    """
+    at = _placed(verifier, corr)
+    here = verifier.score_coords(target, at).agreement
+    around = [verifier.score_coords(target, at + np.array(d, float)[:, None, None] * shift).agreement
+              for d in ((1, 0), (-1, 0), (0, 1), (0, -1))]
+    return float(here - np.mean(around))
 
 
 class Evidence:
@@ -53,12 +71,19 @@ class Evidence:
         Each label's mask on the working grid.
     landmarks : ndarray (N, 2)
         Landmarks on the working grid (row, col).
+    verifier : Verifier
+        The correspondence's verifier (whole region of interest).
+    roi_radius : float
+        Working pixels: radius of the region of interest.
     side, sigma, eps :
-        Settings of the verifiers (:class:`~medshot.match.verify.Verifier`).
+        Settings of the per-label and per-landmark verifiers (:class:`~medshot.match.verify.Verifier`).
     """
 
     def __init__(self, image: np.ndarray, informative: np.ndarray, labels: dict[int, np.ndarray],
-                 landmarks: np.ndarray, side: int = 128, sigma: float = 0.5, eps: float = 1.0):
+                 landmarks: np.ndarray, verifier: Verifier, roi_radius: float, side: int = 128, sigma: float = 0.5,
+                 eps: float = 1.0):
+        self.verifier = verifier
+        self.roi_radius = roi_radius
         weight = 0.1 + 0.9 * informative
         h, w = image.shape
         self.diag = float(np.hypot(h, w))
@@ -84,6 +109,8 @@ class Evidence:
     def for_labels(self, target: np.ndarray, corr: Correspondence) -> dict[int, LabelEvidence]:
         """Evidence per label of the template's mask."""
         v = corr.verification or corr.chosen.verification
+        scale = float(np.sqrt(abs(np.linalg.det(corr.matrix[:2, :2]))))
+        sharpness = _sharpness(self.verifier, target, corr, 0.25 * self.roi_radius * scale)
         out = {}
         for label, (verifier, center, radius, share) in self.labels.items():
             region = self.regions[label].astype(np.float32)
@@ -94,13 +121,17 @@ class Evidence:
             difference = abs(_contrast(target, carried, ring) - self.contrast[label])
             out[label] = LabelEvidence(v.agreement, _local(verifier, target, corr).agreement, v.present,
                                        _margin(corr, center, radius), stability,
-                                       float(np.exp(-difference / 0.1)), share)
+                                       float(np.exp(-difference / 0.1)), sharpness,
+                                       _sharpness(verifier, target, corr, max(2.0, radius * scale)), share)
         return out
 
     def for_landmarks(self, target: np.ndarray, corr: Correspondence, peak: np.ndarray, mutual: np.ndarray,
                       moved: np.ndarray) -> list[LandmarkEvidence]:
         """Evidence per landmark; ``moved`` is the re-matching shift as a fraction of the search radius."""
         v = corr.verification or corr.chosen.verification
+        scale = float(np.sqrt(abs(np.linalg.det(corr.matrix[:2, :2]))))
+        sharpness = _sharpness(self.verifier, target, corr, 0.25 * self.roi_radius * scale)
         return [LandmarkEvidence(v.agreement, _local(verifier, target, corr).agreement, v.present,
-                                 _margin(corr, p, 0.02 * self.diag), float(pk), float(mu), float(mv))
+                                 _margin(corr, p, 0.02 * self.diag), float(pk), float(mu), float(mv), sharpness,
+                                 _sharpness(verifier, target, corr, 0.02 * self.diag * scale))
                 for (verifier, p), pk, mu, mv in zip(self.landmarks, peak, mutual, moved)]

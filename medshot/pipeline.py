@@ -156,8 +156,9 @@ class OneShot:
         self._fine = FineLandmarks(self._template.normalized, template.landmarks_xy, step) \
             if template.landmarks and self._pixel_level and step > FINE_STEP else None
         self._evidence = Evidence(self._template.work, self._side.informative, labels,
-                                  self._template.xy_to_work(template.landmarks_xy), self.options.verify_side,
-                                  self.options.verify_sigma, self.options.verify_eps)
+                                  self._template.xy_to_work(template.landmarks_xy), self._side.verifier,
+                                  self._side.bank.radius, self.options.verify_side, self.options.verify_sigma,
+                                  self.options.verify_eps)
 
     def _work_shape(self, shape: tuple[int, int]) -> tuple[int, int]:
         side = int(np.clip(max(shape), self.min_work_size, self.work_size))
