@@ -104,8 +104,8 @@ def test_features_come_from_the_asked_up_block(tmp_path, up_block):
     assert fmap.grid_shape == (lh // factor, lw // factor)
     assert fmap.channels == unet.config.block_out_channels[::-1][up_block]
     # the grid covers the given image: cell size = image size / grid size
-    np.testing.assert_allclose(fmap.stride_yx, (30 / fmap.grid_shape[0], 45 / fmap.grid_shape[1]))
-    np.testing.assert_allclose(fmap.offset_yx, (fmap.stride_yx[0] / 2 - 0.5, fmap.stride_yx[1] / 2 - 0.5))
+    np.testing.assert_allclose(fmap.stride, (30 / fmap.grid_shape[0], 45 / fmap.grid_shape[1]))
+    np.testing.assert_allclose(fmap.offset, (fmap.stride[0] / 2 - 0.5, fmap.stride[1] / 2 - 0.5))
 
 
 def test_ensemble_averages_noise_draws(tmp_path):

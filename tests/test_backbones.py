@@ -196,8 +196,8 @@ def test_lowered_stride_matches_reference(family):
     with torch.inference_mode():
         ref, grid = reference_overlapping(family, tiny_model(family), pv, stride, layer=2)
     assert fmap.grid_shape == grid == (1 + (H - patch) // stride, 1 + (W - patch) // stride) == (6, 8)
-    assert fmap.stride_yx == (stride, stride)
-    assert fmap.offset_yx == (patch / 2 - 0.5, patch / 2 - 0.5)  # centre of the first patch
+    assert fmap.stride == (stride, stride)
+    assert fmap.offset == (patch / 2 - 0.5, patch / 2 - 0.5)  # centre of the first patch
     np.testing.assert_allclose(fmap.data, ref.numpy(), rtol=1e-4, atol=1e-5)
     # and the wrapped model still runs at other sizes (the position interpolation follows the input)
     assert bb(test_image((40, 41))).grid_shape == bb.grid_shape(bb.input_size((40, 41)))
@@ -211,9 +211,9 @@ def test_grid_maps_back_to_input_pixels():
     assert bb.input_size((50, 60)) == (56, 56) and fmap.grid_shape == (4, 4)
     assert fmap.image_shape == (50, 60)
     fy, fx = 50 / 56, 60 / 56
-    np.testing.assert_allclose(fmap.stride_yx, (14 * fy, 14 * fx))
+    np.testing.assert_allclose(fmap.stride, (14 * fy, 14 * fx))
     # cell (0, 0) covers resized pixels 0..13: its centre 6.5 maps to (6.5 + 0.5) * f - 0.5 in the input
-    np.testing.assert_allclose(fmap.offset_yx, (7 * fy - 0.5, 7 * fx - 0.5))
+    np.testing.assert_allclose(fmap.offset, (7 * fy - 0.5, 7 * fx - 0.5))
     # gray -> three identical channels, each normalised with the model's own mean/std
     pv = bb.preprocess(np.full((56, 56), 0.25, np.float32))
     np.testing.assert_allclose(pv[0, :, 0, 0].numpy(), (0.25 - np.array(bb.mean)) / np.array(bb.std), rtol=1e-6)
@@ -228,7 +228,7 @@ def test_log_bin_option_bins_the_grid():
     binned = wrap("dino", model, stride=4, log_bin=True)(image)
     assert binned.data.shape == (17 * plain.channels, *plain.grid_shape)
     np.testing.assert_array_equal(binned.data, log_bin(plain.data))
-    assert (binned.stride_yx, binned.offset_yx) == (plain.stride_yx, plain.offset_yx)
+    assert (binned.stride, binned.offset) == (plain.stride, plain.offset)
 
 
 def test_bad_options_are_user_errors():
@@ -263,7 +263,7 @@ for key, name, options in jobs:
     try:
         fmap = get_backbone(name, **options)(np.load(out + "/image.npy"))
         np.save(f"{out}/{key}.npy", fmap.data)
-        result[key] = [list(fmap.stride_yx), list(fmap.offset_yx), list(fmap.image_shape)]
+        result[key] = [list(fmap.stride), list(fmap.offset), list(fmap.image_shape)]
     except WeightsNotFoundError as exc:
         result[key] = str(exc)
 result["status"] = {e.name: e.available() for e in backbone_entries()}
@@ -313,7 +313,7 @@ def test_each_family_loads_offline_in_a_fresh_process(tmp_path):
     for key, fmap in expected.items():
         got = np.load(tmp_path / f"{key}.npy")
         np.testing.assert_allclose(got, fmap.data, rtol=1e-5, atol=1e-6, err_msg=key)
-        assert result[key] == [list(fmap.stride_yx), list(fmap.offset_yx), list(fmap.image_shape)]
+        assert result[key] == [list(fmap.stride), list(fmap.offset), list(fmap.image_shape)]
     message = result["missing"]
     for needed in ("facebook/dinov2-base", "hf download", "--weights", "classical", "offline"):
         assert needed in message

@@ -9,7 +9,7 @@ from scipy import ndimage
 
 from medshot.features.classical import classical_features
 from medshot.match.correspond import invert_field
-from medshot.match.geometry import (
+from medshot.core.geometry import (
     apply_affine,
     fft_size,
     grid_coords,

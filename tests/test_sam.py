@@ -247,10 +247,10 @@ def test_backbone_and_segmenter_share_model_and_encoder_pass(tiny_dir):
     assert fmap.data.shape == (32, 7, 8) and fmap.image_shape == (H, W)
     np.testing.assert_allclose(np.linalg.norm(fmap.data, axis=0), 1.0, rtol=1e-5)
     sy, sx = PATCH * H / 110, PATCH * W / 128
-    assert fmap.stride_yx == pytest.approx((sy, sx))
-    assert fmap.offset_yx == pytest.approx((sy / 2 - 0.5, sx / 2 - 0.5))
+    assert fmap.stride == pytest.approx((sy, sx))
+    assert fmap.offset == pytest.approx((sy / 2 - 0.5, sx / 2 - 0.5))
     frame = SamFrame.for_image((H, W), IMAGE_SIZE)
-    centre = frame.to_sam(fmap.grid_to_pixel([[2, 3]]))[0]
+    centre = frame.to_sam(fmap.grid_to_pixel([[3, 2]])[:, ::-1])[0]  # cell (row 3, col 2); SAM takes (x, y)
     np.testing.assert_allclose(centre, [2 * PATCH + 7.5, 3 * PATCH + 7.5])
 
 

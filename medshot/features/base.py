@@ -8,85 +8,78 @@ from typing import Protocol
 import numpy as np
 from scipy import ndimage
 
+from ..core.geometry import l2_normalize  # noqa: F401 - the descriptors' normalisation, re-exported
+
 
 @dataclass
 class FeatureMap:
-    """Dense features of one image and how their grid maps onto the image's pixels.
+    """Dense features of one image (or volume) and how their grid maps onto its pixels.
 
     Attributes
     ----------
-    data : ndarray, shape (C, h, w), float32
+    data : ndarray, shape (C, m, n[, p]), float32
         One descriptor per grid cell.
-    stride_yx : (float, float)
-        Input-image pixels between neighbouring cells along y and x.
-    offset_yx : (float, float)
-        Input-image pixel coordinate (y, x) of the centre of cell (0, 0).
-    image_shape : (int, int)
-        ``(H, W)`` of the image the features describe.
+    stride : tuple of float
+        Input-image pixels between neighbouring cells, per array axis.
+    offset : tuple of float
+        Input-image pixel position (array order) of the centre of cell ``(0, 0[, 0])``.
+    image_shape : tuple of int
+        Shape ``(M, N[, P])`` of the image the features describe.
 
-    Cell ``(i, j)`` sits at pixel ``(offset_y + i * stride_y, offset_x + j * stride_x)``.
+    Cell ``(i, j[, k])`` sits at pixel ``offset + (i, j[, k]) * stride``; points are array order
+    (row, col[, slice]) throughout.
     """
 
     data: np.ndarray
-    stride_yx: tuple[float, float]
-    offset_yx: tuple[float, float]
-    image_shape: tuple[int, int]
+    stride: tuple[float, ...]
+    offset: tuple[float, ...]
+    image_shape: tuple[int, ...]
 
     @property
     def channels(self) -> int:
         return int(self.data.shape[0])
 
     @property
-    def grid_shape(self) -> tuple[int, int]:
-        return int(self.data.shape[1]), int(self.data.shape[2])
+    def ndim(self) -> int:
+        return self.data.ndim - 1
 
-    def pixel_to_grid(self, points_xy: np.ndarray) -> np.ndarray:
-        """Image pixel ``(x, y)`` -> fractional grid ``(x, y)``."""
-        p = np.asarray(points_xy, dtype=np.float64).reshape(-1, 2)
-        return np.stack([(p[:, 0] - self.offset_yx[1]) / self.stride_yx[1],
-                         (p[:, 1] - self.offset_yx[0]) / self.stride_yx[0]], axis=1)
+    @property
+    def grid_shape(self) -> tuple[int, ...]:
+        return tuple(int(n) for n in self.data.shape[1:])
 
-    def grid_to_pixel(self, grid_xy: np.ndarray) -> np.ndarray:
-        g = np.asarray(grid_xy, dtype=np.float64).reshape(-1, 2)
-        return np.stack([g[:, 0] * self.stride_yx[1] + self.offset_yx[1],
-                         g[:, 1] * self.stride_yx[0] + self.offset_yx[0]], axis=1)
+    def pixel_to_grid(self, points: np.ndarray) -> np.ndarray:
+        """Image pixels ``(N, ndim)`` -> fractional grid positions (both array order)."""
+        p = np.asarray(points, dtype=np.float64).reshape(-1, self.ndim)
+        return (p - np.asarray(self.offset)) / np.asarray(self.stride)
 
-    def sample(self, points_xy: np.ndarray) -> np.ndarray:
-        """Bilinearly interpolated descriptors at image pixels ``(x, y)``: ``(N, C)``."""
-        g = self.pixel_to_grid(points_xy)
-        coords = np.stack([g[:, 1], g[:, 0]])
-        return np.stack(
-            [ndimage.map_coordinates(ch, coords, order=1, mode="nearest") for ch in self.data], axis=1
-        ).astype(np.float32)
+    def grid_to_pixel(self, grid: np.ndarray) -> np.ndarray:
+        g = np.asarray(grid, dtype=np.float64).reshape(-1, self.ndim)
+        return g * np.asarray(self.stride) + np.asarray(self.offset)
 
-    def resampled(self, shape: tuple[int, int]) -> FeatureMap:
-        """Features bilinearly resampled onto a ``shape`` = (H', W') pixel grid covering the image.
+    def sample(self, points: np.ndarray) -> np.ndarray:
+        """Linearly interpolated descriptors at image pixels ``(N, ndim)``: ``(N, C)``."""
+        g = self.pixel_to_grid(points).T
+        return np.stack([ndimage.map_coordinates(ch, g, order=1, mode="nearest") for ch in self.data],
+                        axis=1).astype(np.float32)
+
+    def resampled(self, shape: tuple[int, ...]) -> FeatureMap:
+        """Features linearly resampled onto a pixel grid of ``shape`` covering the image.
 
         Used to bring features to pixel level (``shape == image_shape``) or to a working grid.
         """
-        H, W = self.image_shape
-        h, w = shape
-        sy, sx = H / h, W / w
-        ys = (np.arange(h) + 0.5) * sy - 0.5
-        xs = (np.arange(w) + 0.5) * sx - 0.5
-        gy = (ys - self.offset_yx[0]) / self.stride_yx[0]
-        gx = (xs - self.offset_yx[1]) / self.stride_yx[1]
-        out = np.empty((self.channels, h, w), dtype=np.float32)
-        yy, xx = np.meshgrid(gy, gx, indexing="ij")
-        coords = np.stack([yy, xx])
-        for c in range(self.channels):
-            out[c] = ndimage.map_coordinates(self.data[c], coords, order=1, mode="nearest")
-        return FeatureMap(out, (sy, sx), ((sy - 1) / 2, (sx - 1) / 2), self.image_shape)
+        steps = np.array(self.image_shape, float) / np.array(shape, float)
+        axes = [((np.arange(n) + 0.5) * st - 0.5 - o) / sd
+                for n, st, o, sd in zip(shape, steps, self.offset, self.stride)]
+        coords = np.stack(np.meshgrid(*axes, indexing="ij"))
+        out = np.stack([ndimage.map_coordinates(c, coords, order=1, mode="nearest") for c in self.data])
+        return FeatureMap(out.astype(np.float32), tuple(float(x) for x in steps),
+                          tuple(float((x - 1) / 2) for x in steps), self.image_shape)
 
-
-    def rescaled(self, image_shape: tuple[int, int]) -> FeatureMap:
+    def rescaled(self, image_shape: tuple[int, ...]) -> FeatureMap:
         """The same features described in the pixel frame of the image resized to ``image_shape``."""
-        H, W = self.image_shape
-        fy, fx = image_shape[0] / H, image_shape[1] / W
-        return FeatureMap(
-            self.data, (self.stride_yx[0] * fy, self.stride_yx[1] * fx),
-            ((self.offset_yx[0] + 0.5) * fy - 0.5, (self.offset_yx[1] + 0.5) * fx - 0.5), tuple(image_shape),
-        )
+        f = np.array(image_shape, float) / np.array(self.image_shape, float)
+        return FeatureMap(self.data, tuple(float(x) for x in np.array(self.stride) * f),
+                          tuple(float(x) for x in (np.array(self.offset) + 0.5) * f - 0.5), tuple(image_shape))
 
 
 class Backbone(Protocol):
@@ -102,12 +95,6 @@ class Backbone(Protocol):
     def __call__(self, image: np.ndarray) -> FeatureMap:
         """``image``: ``(H, W)`` float32 in [0, 1] (gray) or ``(H, W, 3)``; returns its features."""
         ...
-
-
-def l2_normalize(data: np.ndarray, axis: int = 0, eps: float = 1e-8) -> np.ndarray:
-    """Unit-length descriptors along ``axis`` (so dot products are cosine similarities)."""
-    norm = np.sqrt(np.sum(data * data, axis=axis, keepdims=True))
-    return (data / np.maximum(norm, eps)).astype(np.float32)
 
 
 def to_gray(image: np.ndarray) -> np.ndarray:

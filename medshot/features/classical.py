@@ -5,57 +5,78 @@ scales and are what classical keypoint descriptors build on; MIND (Heinrich et a
 patch with its neighbours, so it survives contrast changes between scanners and subjects. Each
 channel is standardised per image and every descriptor is L2-normalised, so cosine similarity is the
 match score exactly as for a foundation-model backbone.
+
+Written once for images of any dimension. The defaults differ by dimension only in how many
+scales and neighbours there are: a 2D image gets four scales and MIND at distances 2 and 4 in four
+directions; a volume three scales and MIND at distance 2 to its six axis neighbours (a volume's
+channels cost its voxel count each).
 """
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterator
+
 import numpy as np
 from scipy import ndimage
 
-from .base import FeatureMap, l2_normalize, to_gray
+from .base import FeatureMap
 
-DEFAULT_SCALES = (1.0, 2.0, 4.0, 8.0)
+SCALES = {2: (1.0, 2.0, 4.0, 8.0), 3: (1.0, 2.0, 4.0)}
+MIND_DISTANCES = {2: (2, 4), 3: (2,)}
+MIND_OFFSETS = {2: ((0, 1), (1, 0), (1, 1), (1, -1)),
+                3: tuple(tuple(sign * (a == axis) for a in range(3)) for axis in range(3) for sign in (-1, 1))}
 
 
-def gaussian_jet(image: np.ndarray, scales=DEFAULT_SCALES) -> list[np.ndarray]:
-    """Smoothed intensity, first and second derivatives at each scale (scale-normalised)."""
-    out = []
+def gaussian_jet(image: np.ndarray, scales) -> Iterator[np.ndarray]:
+    """Per scale: the smoothed image, its ``ndim`` first and ``ndim (ndim + 1) / 2`` second derivatives
+    (scale-normalised)."""
     for s in scales:
         smooth = ndimage.gaussian_filter(image, s, mode="nearest")
-        gy, gx = np.gradient(smooth)
-        gyy, gyx = np.gradient(gy)
-        _, gxx = np.gradient(gx)
-        out += [smooth, s * gx, s * gy, s * s * gxx, s * s * gyy, s * s * gyx]
-    return out
+        grads = np.gradient(smooth) if image.ndim > 1 else [np.gradient(smooth)]
+        yield smooth
+        for g in grads:
+            yield s * g
+        for a, b in itertools.combinations_with_replacement(range(image.ndim), 2):
+            yield s * s * np.gradient(grads[a], axis=b)
 
 
-def mind_channels(image: np.ndarray, distances=(2, 4), sigma: float = 1.0) -> list[np.ndarray]:
-    """Self-similarity to the 4-neighbourhood at each distance (MIND, six channels per distance pair)."""
-    out = []
+def mind_channels(image: np.ndarray, distances, offsets, sigma: float = 1.0) -> Iterator[np.ndarray]:
+    """MIND self-similarity: for each distance, one channel per neighbour ``offset`` (unit steps)."""
     for d in distances:
-        dists = []
-        for dy, dx in ((0, d), (d, 0), (d, d), (d, -d)):
-            shifted = ndimage.shift(image, (dy, dx), order=0, mode="nearest")
-            dists.append(ndimage.gaussian_filter((image - shifted) ** 2, sigma * d / 2, mode="nearest"))
-        dists = np.stack(dists)
+        dists = np.empty((len(offsets), *image.shape), np.float32)
+        for k, offset in enumerate(offsets):
+            shifted = ndimage.shift(image, [d * o for o in offset], order=0, mode="nearest")
+            dists[k] = ndimage.gaussian_filter((image - shifted) ** 2, sigma * d / 2, mode="nearest")
         variance = np.maximum(dists.mean(axis=0), 1e-4 + 0.1 * dists.mean())
-        out += list(np.exp(-dists / variance))
-    return out
+        for ch in dists:
+            yield np.exp(-ch / variance)
 
 
-def classical_features(image: np.ndarray, scales=DEFAULT_SCALES, mind_distances=(2, 4)) -> np.ndarray:
-    """Dense descriptors of an image in [0, 1]: ``(C, H, W)`` float32, unit length per pixel."""
-    gray = to_gray(image).astype(np.float32)
-    channels = gaussian_jet(gray, scales) + mind_channels(gray, mind_distances)
-    data = np.stack(channels).astype(np.float32)
-    mean = data.mean(axis=(1, 2), keepdims=True)
-    std = data.std(axis=(1, 2), keepdims=True)
-    data = (data - mean) / np.maximum(std, 1e-6)
-    return l2_normalize(data, axis=0)
+def classical_features(image: np.ndarray, scales=None, mind_distances=None) -> np.ndarray:
+    """Dense descriptors of an image or volume in [0, 1]: ``(C, M, N[, P])`` float32, unit length per pixel.
+
+    Channels are written one by one into a preallocated array, so the peak memory is one copy of
+    the descriptors plus a few images (which matters for volumes).
+    """
+    image = np.asarray(image, np.float32)  # gray: readers turn colour into gray before this
+    d = image.ndim
+    scales = SCALES[d] if scales is None else tuple(scales)
+    distances = MIND_DISTANCES[d] if mind_distances is None else tuple(mind_distances)
+    offsets = MIND_OFFSETS[d]
+    n = (1 + d + d * (d + 1) // 2) * len(scales) + len(offsets) * len(distances)
+    data = np.empty((n, *image.shape), np.float32)
+    channels = itertools.chain(gaussian_jet(image, scales), mind_channels(image, distances, offsets))
+    for i, ch in enumerate(channels):
+        # Channel standardisation per image evens out contrast between scanners.
+        data[i] = (ch - ch.mean()) / max(float(ch.std()), 1e-6)
+    norm = np.sqrt(np.einsum("c...,c...->...", data, data))
+    data /= np.maximum(norm, 1e-8)
+    return data
 
 
 class ClassicalBackbone:
-    """The embedded default backend: no weights, works on any machine.
+    """The embedded default backend: no weights, works on any machine, on 2D images and volumes.
 
     Features come at stride 1 of the image it is given (pixel level already).
     """
@@ -65,10 +86,10 @@ class ClassicalBackbone:
     # it describes context-sized structure (used by the global pose search).
     pixel_level = True
 
-    def __init__(self, scales=DEFAULT_SCALES, mind_distances=(2, 4)):
-        self.scales = tuple(float(s) for s in scales)
-        self.mind_distances = tuple(int(d) for d in mind_distances)
+    def __init__(self, scales=None, mind_distances=None):
+        self.scales = None if scales is None else tuple(float(s) for s in scales)
+        self.mind_distances = None if mind_distances is None else tuple(int(d) for d in mind_distances)
 
     def __call__(self, image: np.ndarray) -> FeatureMap:
         data = classical_features(image, self.scales, self.mind_distances)
-        return FeatureMap(data, (1.0, 1.0), (0.0, 0.0), tuple(data.shape[1:]))  # type: ignore[arg-type]
+        return FeatureMap(data, (1.0,) * (data.ndim - 1), (0.0,) * (data.ndim - 1), tuple(data.shape[1:]))

@@ -11,19 +11,22 @@
 The :class:`Correspondence` keeps every candidate's verification: how much the candidates agree
 is part of how confident the result is.
 
-Coordinates are array order (row, col) on the two working grids; see :mod:`medshot.match.geometry`.
+Written once for images of any dimension; coordinates are array order on the two working grids
+(see :mod:`medshot.match.geometry`).
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage
 
-from .geometry import apply_affine, grid_coords, informativeness, resize_features, resize_image, scale_matrix
+from ..core.geometry import apply_affine, grid_coords, informativeness, resize_features, resize_image, scale_matrix
 from .refine import DescribeDense, RefineOptions, TargetLevel, TemplateSampler, deform, plausible, refine_affine
+from .rotations import turn_deg
 from .search import Describe, PoseBank, SearchOptions, build_bank, search
 from .verify import Verification, Verifier
 
@@ -62,18 +65,18 @@ class Correspondence:
 
     Attributes
     ----------
-    backward : ndarray (2, H, W)
-        For each target working pixel (row, col), its template working position (row, col).
-    matrix : ndarray (3, 3)
-        The chosen affine, template working (row, col, 1) -> target working.
+    backward : ndarray (ndim, M, N[, P])
+        For each target working pixel, its template working position (array order).
+    matrix : ndarray (ndim + 1, ndim + 1)
+        The chosen affine, template working -> target working (array order, homogeneous).
     chosen : Candidate
     candidates : list of Candidate
         Every candidate that was verified, best first.
     verification : Verification or None
         The final correspondence's (deformation included) verification.
-    verified_at : ndarray (2, h, w) or None
+    verified_at : ndarray (ndim, m, n[, p]) or None
         Where each pixel of the verifier's template grid lies in the target (working pixels).
-    alternatives : list of ndarray (2, H, W)
+    alternatives : list of ndarray (ndim, M, N[, P])
         Backward fields of the other refinements of the chosen affine (the affine alone, the
         deformation not chosen): where they disagree with ``backward``, the result is uncertain.
     """
@@ -91,18 +94,21 @@ class Correspondence:
         return (self.verification or self.chosen.verification).score
 
     def forward(self, points: np.ndarray) -> np.ndarray:
-        """Template working points ``(N, 2)`` (row, col) -> target working points, inverting the backward map."""
+        """Template working points ``(N, ndim)`` -> target working points, inverting the backward map."""
         return invert_field(self.backward, points, apply_affine(self.matrix, points))
 
 
 def invert_field(backward: np.ndarray, points: np.ndarray, guess: np.ndarray, iterations: int = 10) -> np.ndarray:
-    """Solve ``backward(t) = p`` for every point by damped Newton steps from ``guess`` (all ``(N, 2)``)."""
-    p = np.asarray(points, np.float64).reshape(-1, 2)
-    t = np.asarray(guess, np.float64).reshape(-1, 2).copy()
+    """Solve ``backward(t) = p`` for every point by damped Newton steps from ``guess`` (all ``(N, ndim)``).
+
+    ``backward`` is a field ``(ndim, M, N[, P])``; its Jacobian is taken by unit finite differences.
+    """
+    d = backward.shape[0]
+    p = np.asarray(points, np.float64).reshape(-1, d)
+    t = np.asarray(guess, np.float64).reshape(-1, d).copy()
     if len(p) == 0:
         return t
-    H, W = backward.shape[1:]
-    hi = np.array([H - 1, W - 1], float)
+    hi = np.array(backward.shape[1:], float) - 1
 
     def at(q):
         q = np.clip(q, 0, hi)
@@ -111,36 +117,36 @@ def invert_field(backward: np.ndarray, points: np.ndarray, guess: np.ndarray, it
     for _ in range(iterations):
         f = at(t)
         r = p - f
-        if np.all(np.hypot(r[:, 0], r[:, 1]) < 1e-3):
+        if np.all(np.linalg.norm(r, axis=1) < 1e-3):
             break
-        J = np.stack([at(t + [1.0, 0.0]) - f, at(t + [0.0, 1.0]) - f], axis=2)  # (N, 2 outputs, 2 inputs)
-        det = J[:, 0, 0] * J[:, 1, 1] - J[:, 0, 1] * J[:, 1, 0]
-        ok = np.abs(det) > 1e-9
+        J = np.stack([at(t + e) - f for e in np.eye(d)], axis=2)  # (N, outputs, inputs)
+        ok = np.abs(np.linalg.det(J)) > 1e-9
         step = np.zeros_like(t)
-        inv = np.stack([np.stack([J[:, 1, 1], -J[:, 0, 1]], 1), np.stack([-J[:, 1, 0], J[:, 0, 0]], 1)], 1)
-        step[ok] = np.einsum("nij,nj->ni", inv[ok], r[ok]) / det[ok, None]
+        if ok.any():
+            step[ok] = np.linalg.solve(J[ok], r[ok][..., None])[..., 0]
         t = t + np.clip(step, -20, 20)
     return t
 
 
-def region_box(roi: np.ndarray, matrix: np.ndarray, shape: tuple[int, int],
-               margin: float = 0.25) -> tuple[slice, slice]:
+def region_box(roi: np.ndarray, matrix: np.ndarray, shape: tuple[int, ...],
+               margin: float = 0.25) -> tuple[slice, ...]:
     """Box of a target grid of ``shape`` around where ``matrix`` puts the template's ``roi``, grown by ``margin``."""
     where = np.argwhere(roi)
     lo, hi = where.min(0), where.max(0)
-    corners = np.array([[a, b] for a in (lo[0], hi[0]) for b in (lo[1], hi[1])], float)
+    corners = np.array(list(itertools.product(*zip(lo, hi))), float)
     mapped = apply_affine(matrix, corners)
     a, b = mapped.min(0), mapped.max(0)
     grow = margin * (b - a) + 8
     a, b = np.maximum(np.floor(a - grow), 0), np.minimum(np.ceil(b + grow) + 1, shape)
     if np.any(b - a < 16):  # off the target or degenerate: the whole grid
-        return tuple(slice(0, n) for n in shape)  # type: ignore[return-value]
-    return tuple(slice(int(x), int(y)) for x, y in zip(a, b))  # type: ignore[return-value]
+        return tuple(slice(0, n) for n in shape)
+    return tuple(slice(int(x), int(y)) for x, y in zip(a, b))
 
 
 def turn(matrix: np.ndarray) -> float:
-    """In-plane rotation (radians) of a 2D affine's linear part."""
-    return float(np.arctan2(matrix[1, 0] - matrix[0, 1], matrix[0, 0] + matrix[1, 1]))
+    """How far an affine's linear part turns (radians)."""
+    d = matrix.shape[0] - 1
+    return float(np.deg2rad(turn_deg(matrix[:d, :d])))
 
 
 class TemplateSide:
@@ -148,11 +154,11 @@ class TemplateSide:
 
     Parameters
     ----------
-    image : ndarray (h, w)
+    image : ndarray (m, n[, p])
         The template on its working grid, in [0, 1].
-    features : ndarray (C, h, w)
+    features : ndarray (C, m, n[, p])
         Its unit descriptors on that grid.
-    roi : ndarray (h, w) bool
+    roi : ndarray (m, n[, p]) bool
         The region whose correspondence matters (annotations and some context).
     describe_coarse : callable
         Descriptors of an image at the coarse search level (see :mod:`.search`).
@@ -182,9 +188,9 @@ def correspond(template: TemplateSide, target: np.ndarray, target_features: np.n
 
     Parameters
     ----------
-    target : ndarray (H, W)
+    target : ndarray (M, N[, P])
         The target on its working grid, in [0, 1].
-    target_features : ndarray (C, H, W)
+    target_features : ndarray (C, M, N[, P])
         Its unit descriptors (same dimensions as the template's).
     describe_target : callable, optional
         The target's descriptors on a coarse grid of a given shape, for the pose search (the same
@@ -229,7 +235,8 @@ def correspond(template: TemplateSide, target: np.ndarray, target_features: np.n
     methods = {"auto": ("demons", "features"), "none": ()}.get(options.deformation, (options.deformation,))
     best = affine_only
     tried = [affine_only]
-    level_points = grid_coords(np.linalg.inv(verify.to_level), verify.shape).reshape(2, -1).T
+    d = target.ndim
+    level_points = grid_coords(np.linalg.inv(verify.to_level), verify.shape).reshape(d, -1).T
     for method in methods:
         if method == "features":
             level_d = level if options.refine.deform_side == options.refine.affine_side else \
@@ -245,7 +252,7 @@ def correspond(template: TemplateSide, target: np.ndarray, target_features: np.n
         # A deformation answers to the same criterion as the candidates: one that makes the target's edges
         # agree less with the template's (chasing speckle or noise) loses to the affine.
         deformed = Correspondence(backward, chosen.matrix, chosen, candidates)
-        deformed.verified_at = deformed.forward(level_points).T.reshape((2, *verify.shape))
+        deformed.verified_at = deformed.forward(level_points).T.reshape((d, *verify.shape))
         deformed.verification = verify.score_coords(target, deformed.verified_at)
         tried.append(deformed)
         if deformed.verification.score > best.score:

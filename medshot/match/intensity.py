@@ -17,9 +17,7 @@ import contextlib
 import numpy as np
 from scipy import ndimage
 
-from .geometry import grid_coords, level_shape, resample_field, resize_image, scale_matrix
-
-_SWAP = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+from ..core.geometry import grid_coords, level_shape, resample_field, resize_image, scale_matrix
 
 
 def to_sitk(array: np.ndarray):
@@ -95,13 +93,20 @@ def demons_field(fixed, moving_resampled, iterations: int = 60, sigma: float = 1
     return demons.Execute(fixed, moving_matched)
 
 
-def affine_array_order(transform) -> np.ndarray:
-    """``(3, 3)`` matrix of a 2D SimpleITK affine-like transform (x, y), in array order (row, col)."""
-    pts = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+def affine_array_order(transform, ndim: int = 2) -> np.ndarray:
+    """``(ndim + 1, ndim + 1)`` matrix of a SimpleITK affine-like transform, in array order.
+
+    SimpleITK's points are (x, y[, z]) = array axes reversed; the matrix is read off the images of
+    the origin and the unit vectors (unit spacing, origin 0, identity direction).
+    """
+    pts = np.vstack([np.zeros(ndim), np.eye(ndim)])
     mapped = np.array([transform.TransformPoint(tuple(p)) for p in pts])
-    A = np.stack([mapped[1] - mapped[0], mapped[2] - mapped[0]], axis=1)
-    xy = np.array([[A[0, 0], A[0, 1], mapped[0, 0]], [A[1, 0], A[1, 1], mapped[0, 1]], [0, 0, 1.0]])
-    return _SWAP @ xy @ _SWAP
+    xyz = np.eye(ndim + 1)
+    xyz[:ndim, :ndim] = (mapped[1:] - mapped[0]).T
+    xyz[:ndim, ndim] = mapped[0]
+    reverse = np.eye(ndim + 1)
+    reverse[:ndim, :ndim] = np.eye(ndim)[::-1]
+    return reverse @ xyz @ reverse
 
 
 class Levels:
@@ -130,7 +135,7 @@ def intensity_affine(template: np.ndarray, target: np.ndarray, seed: int = 1, si
     levels = Levels(template, target, side)
     with single_threaded():
         transform = mattes_affine(to_sitk(levels.target), to_sitk(levels.template), seed)
-    return levels.to_work(np.linalg.inv(affine_array_order(transform)))
+    return levels.to_work(np.linalg.inv(affine_array_order(transform, template.ndim)))
 
 
 def demons_backward(template: np.ndarray, target: np.ndarray, matrix: np.ndarray, side: int = 128,
@@ -146,8 +151,9 @@ def demons_backward(template: np.ndarray, target: np.ndarray, matrix: np.ndarray
     box = box or tuple(slice(0, n) for n in target.shape)
     sub = target[box]
     shape, _ = level_shape(sub.shape, side)
+    d = target.ndim
     to_level = scale_matrix(np.array(shape, float) / np.array(sub.shape, float))
-    to_level[:2, 2] -= to_level[:2, :2] @ np.array([b.start for b in box], float)  # target working -> level
+    to_level[:d, d] -= to_level[:d, :d] @ np.array([b.start for b in box], float)  # target working -> level
     field = _demons_backward(template, resize_image(sub, shape), to_level @ matrix)
     backward[(slice(None), *box)] = resample_field(field, sub.shape)
     return backward
@@ -157,17 +163,16 @@ def _demons_backward(template: np.ndarray, target: np.ndarray, matrix: np.ndarra
     """Demons on ``target`` against the template pulled onto its grid through ``matrix`` (template -> target)."""
     import SimpleITK as sitk
 
+    d = target.ndim
     backward_affine = np.linalg.inv(matrix)
-    step = float(np.sqrt(abs(np.linalg.det(backward_affine[:2, :2]))))  # template pixels per target pixel
+    step = float(abs(np.linalg.det(backward_affine[:d, :d])) ** (1 / d))  # template pixels per target pixel
     template = np.asarray(template, np.float32)
     if step > 1.5:  # the target grid is coarser: smooth first, as any downsampling should
         template = ndimage.gaussian_filter(template, 0.5 * (step - 1), mode="nearest")
-    ay, ax = grid_coords(backward_affine, target.shape)
-    moved = ndimage.map_coordinates(template, [ay, ax], order=1, mode="nearest")
+    affine_field = grid_coords(backward_affine, target.shape)
+    moved = ndimage.map_coordinates(template, affine_field, order=1, mode="nearest")
     with single_threaded():
         field = demons_field(to_sitk(target), to_sitk(moved))
-    disp = sitk.GetArrayFromImage(field)  # (H, W, 2) as (dx, dy), target pixels
-    yy, xx = np.indices(target.shape, dtype=np.float64)
-    py, px = yy + disp[..., 1], xx + disp[..., 0]
-    return np.stack([ndimage.map_coordinates(ay, [py, px], order=1, mode="nearest"),
-                     ndimage.map_coordinates(ax, [py, px], order=1, mode="nearest")])
+    disp = sitk.GetArrayFromImage(field)[..., ::-1]  # (*shape, d): SimpleITK's (x, y[, z]) reversed
+    at = np.indices(target.shape, dtype=np.float64) + np.moveaxis(disp, -1, 0)
+    return np.stack([ndimage.map_coordinates(c, at, order=1, mode="nearest") for c in affine_field])

@@ -5,11 +5,12 @@ through the current placement and described again there, so a structure turned b
 compared with descriptors turned with it (descriptors are not rotation-invariant); what is left
 to find is a small residual motion.
 
-Coordinates are array order (row, col); see :mod:`medshot.match.geometry`.
+Written for any dimension; coordinates are array order (see :mod:`medshot.match.geometry`).
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -17,11 +18,11 @@ import numpy as np
 from scipy import ndimage
 
 from ..features.base import l2_normalize
-from .geometry import grid_coords, inside, level_shape, resample_field, scale_matrix, warp_channels
+from ..core.geometry import grid_coords, inside, level_shape, resample_field, scale_matrix, warp_channels
 
-# image (h, w) in [0, 1] -> (C, h, w) unit descriptors on the same grid
+# image (m, n[, p]) in [0, 1] -> (C, m, n[, p]) unit descriptors on the same grid
 DescribeDense = Callable[[np.ndarray], np.ndarray]
-# template positions (2, H, W) -> the template described there (C, H, W), and where its region lies (H, W)
+# template positions (ndim, ...) -> the template described there (C, ...), and where its region lies (...)
 TemplateAt = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
@@ -41,48 +42,59 @@ class RefineOptions:
 
 def block_match(warped: np.ndarray, target: np.ndarray, valid: np.ndarray, radius: int,
                 patch_size: int = 5) -> tuple[np.ndarray, np.ndarray]:
-    """Per target pixel t, the shift d (|d| <= radius) maximising patch similarity of warped(t) and target(t+d).
+    """Per target pixel t, the shift d (|d_axis| <= radius) maximising patch similarity of warped(t) and target(t+d).
 
     Parameters
     ----------
-    warped, target : ndarray (C, H, W)
+    warped, target : ndarray (C, M, N[, P])
         Unit descriptors on the same grid.
-    valid : ndarray (H, W) bool
+    valid : ndarray (M, N[, P]) bool
         Where ``warped`` holds the template's region.
+    radius : int
+        Search radius per axis, pixels.
+    patch_size : int
+        Side of the (box) patch the similarity is averaged over.
 
     Returns
     -------
-    d : ndarray (2, H, W)
-        Shifts (rows, cols), sub-pixel.
-    confidence : ndarray (H, W)
-        Margin of the best score over the best shift at least 2 pixels away (zero outside ``valid``):
-        along an edge the displacement is ambiguous (aperture problem) and the runner-up scores
-        almost as high, so such matches get about no weight.
+    d : ndarray (ndim, M, N[, P])
+        Shifts in array order, sub-pixel.
+    confidence : ndarray (M, N[, P])
+        Margin of the best score over the best shift at least 2 pixels away along some axis (over
+        the mean score when the radius allows no such shift), zero outside ``valid``: along an edge
+        the displacement is ambiguous (aperture problem) and the runner-up scores almost as high,
+        so such matches get about no weight.
     """
-    C, H, W = target.shape
-    pad = radius
-    tp = np.pad(target, ((0, 0), (pad, pad), (pad, pad)), mode="edge")
-    shifts = [(dy, dx) for dy in range(-radius, radius + 1) for dx in range(-radius, radius + 1)]
-    scores = np.empty((len(shifts), H, W), np.float32)
-    for i, (dy, dx) in enumerate(shifts):
-        s = np.einsum("chw,chw->hw", warped, tp[:, pad + dy: pad + dy + H, pad + dx: pad + dx + W])
+    shape = target.shape[1:]
+    d = len(shape)
+    side = 2 * radius + 1
+    tp = np.pad(target, ((0, 0),) + ((radius, radius),) * d, mode="edge")
+    shifts = np.array(list(itertools.product(range(-radius, radius + 1), repeat=d)), dtype=np.float64)
+    scores = np.empty((len(shifts), *shape), np.float32)
+    for i, shift in enumerate(shifts.astype(int)):
+        window = (slice(None),) + tuple(slice(radius + o, radius + o + n) for o, n in zip(shift, shape))
+        # einsum without path optimisation: the optimised path would copy the strided slice each time
+        s = np.einsum("c...,c...->...", warped, tp[window])
         scores[i] = ndimage.uniform_filter(s, patch_size, mode="nearest")
     best = np.argmax(scores, axis=0)
     peak = np.take_along_axis(scores, best[None], 0)[0]
-    sh = np.array(shifts, dtype=np.float64)
-    far = (np.abs(sh[:, 0, None, None] - sh[best, 0]) >= 2) | (np.abs(sh[:, 1, None, None] - sh[best, 1]) >= 2)
-    runner_up = np.where(far, scores, -np.inf).max(axis=0)
-    conf = np.maximum(peak - runner_up, 0.0) * valid
-    d = np.stack([sh[best, 0], sh[best, 1]])
-    side = 2 * radius + 1
-    for axis, (b, step) in enumerate(((best // side, side), (best % side, 1))):
+    far = np.zeros(scores.shape, bool)
+    for axis in range(d):
+        far |= np.abs(shifts[:, axis].reshape((-1,) + (1,) * d) - shifts[best, axis]) >= 2
+    reference = np.where(far, scores, -np.inf).max(axis=0) if radius >= 2 else scores.mean(axis=0)
+    conf = np.maximum(peak - reference, 0.0) * valid
+    out = np.stack([shifts[best, axis] for axis in range(d)])
+    index = np.unravel_index(best, (side,) * d)
+    for axis in range(d):
+        step = side ** (d - 1 - axis)
+        b = index[axis]
         lo_ok, hi_ok = b > 0, b < side - 1
         s_lo = np.take_along_axis(scores, np.where(lo_ok, best - step, best)[None], 0)[0]
         s_hi = np.take_along_axis(scores, np.where(hi_ok, best + step, best)[None], 0)[0]
         denom = s_lo - 2 * peak + s_hi
         off = np.where((denom < -1e-9) & lo_ok & hi_ok, 0.5 * (s_lo - s_hi) / np.where(denom == 0, 1, denom), 0.0)
-        d[axis] += np.clip(off, -0.5, 0.5)
-    return d, conf
+        out[axis] += np.clip(off, -0.5, 0.5)
+    return out, conf
 
 
 def fit_affine(src: np.ndarray, dst: np.ndarray, weights: np.ndarray, iterations: int = 5) -> np.ndarray:
@@ -125,11 +137,11 @@ class TargetLevel:
 
 
 class TemplateSampler:
-    """How to see the template through a field ``(2, H, W)`` of template positions.
+    """How to see the template through a field ``(ndim, ...)`` of template positions.
 
     With ``describe``, the image is resampled and described again (orientation-correct for any
     turn); without it, its descriptors are resampled (cheap, for backbones too slow to run once per
-    candidate). Called, it returns the descriptors ``(C, H, W)`` and where the region lies ``(H, W)``.
+    candidate). Called, it returns the descriptors ``(C, ...)`` and where the region lies ``(...)``.
     A class rather than a closure, so that a prepared template can be sent to worker processes.
     """
 
@@ -156,24 +168,25 @@ def refine_affine(template_at: TemplateAt, level: TargetLevel, matrix: np.ndarra
     box = _box(valid0, options.affine_radius * options.affine_iterations + options.patch_size)
     if box is None:
         return matrix
+    d = len(level.shape)
     origin = np.array([b.start for b in box], float)
-    shift = np.eye(3)
-    shift[:2, 2] = origin
+    shift = np.eye(d + 1)
+    shift[:d, d] = origin
     feats, valid0, target = feats[(slice(None), *box)], valid0[box], level.features[(slice(None), *box)]
     crop = valid0.shape
-    D = np.eye(3)  # residual motion on the level grid: warped(u) ~ target(D u)
+    D = np.eye(d + 1)  # residual motion on the level grid: warped(u) ~ target(D u)
     for _ in range(options.affine_iterations):
         source = grid_coords(np.linalg.inv(D) @ shift, crop)  # level positions the crop's pixels come from
-        cw = source - origin[:, None, None]
+        cw = source - origin.reshape((d,) + (1,) * d)
         warped = warp_channels(feats, cw)
         valid = ndimage.map_coordinates(valid0.astype(np.float32), cw, order=1, mode="constant") > 0.5
-        d, conf = block_match(warped, target, valid, options.affine_radius, options.patch_size)
+        shifts, conf = block_match(warped, target, valid, options.affine_radius, options.patch_size)
         sel = conf > 0
         if sel.sum() < 12:
             break
         at = np.argwhere(sel).astype(np.float64) + origin
-        src = np.stack([source[0][sel], source[1][sel]], 1)
-        D_new = fit_affine(src, at + np.stack([d[0][sel], d[1][sel]], 1), conf[sel])
+        src = np.stack([c[sel] for c in source], 1)
+        D_new = fit_affine(src, at + np.stack([c[sel] for c in shifts], 1), conf[sel])
         if not plausible(D_new):
             break
         D = D_new
@@ -191,8 +204,8 @@ def _box(mask: np.ndarray, margin: int) -> tuple[slice, ...] | None:
 
 
 def deform(template_at: TemplateAt, level: TargetLevel, matrix: np.ndarray, options: RefineOptions,
-           work_shape: tuple[int, int]) -> np.ndarray:
-    """Backward field ``(2, *work_shape)``: for each target working pixel, its template working position.
+           work_shape: tuple[int, ...]) -> np.ndarray:
+    """Backward field ``(ndim, *work_shape)``: for each target working pixel, its template working position.
 
     The template is resampled once through ``matrix`` and described on the level grid; repeated
     block matching then moves it, the displacement smoothed by a confidence-weighted Gaussian.
@@ -207,9 +220,9 @@ def deform(template_at: TemplateAt, level: TargetLevel, matrix: np.ndarray, opti
     for _ in range(options.deform_iterations):
         warped = warp_channels(feats, pull)
         valid = ndimage.map_coordinates(valid0.astype(np.float32), pull, order=1, mode="constant") > 0.5
-        d, conf = block_match(warped, level.features, valid, options.deform_radius, options.patch_size)
+        shifts, conf = block_match(warped, level.features, valid, options.deform_radius, options.patch_size)
         wsum = ndimage.gaussian_filter(conf, sigma) + 1e-6
-        d_s = np.stack([ndimage.gaussian_filter(conf * d[k], sigma) / wsum for k in range(2)])
+        d_s = np.stack([ndimage.gaussian_filter(conf * s, sigma) / wsum for s in shifts])
         # composition: the new pull at t is the old pull at t - d(t)
         at = identity - d_s
         pull = np.stack([ndimage.map_coordinates(c, at, order=1, mode="nearest") for c in pull])

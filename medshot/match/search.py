@@ -1,22 +1,25 @@
 """Global pose search: where, how large and how turned the template's structure is in a target.
 
-The template's region of interest is drawn, once per template, at every orientation of a full
-circle (a *bank* of rotated canvases at a coarse level, described by the coarse-level descriptor
-function). Each target is then shrunk or enlarged once per scale hypothesis and every rotated
-canvas slides over it by FFT cross-correlation, so a structure anywhere in the field of view, at
-any in-plane orientation and at 0.5-2x the template's size is covered by
-``angles x scales`` correlations. Matches are measured in the *template's* frame (the canvas keeps
-its size; the target is resampled), so every hypothesis is scored on the same template pixels with
-the same weights, and small scales do not win merely by comparing fewer pixels.
+The template's region of interest is drawn, once per template, at every orientation the search
+tries (:mod:`.rotations`: a full circle in 2D, small turns in 3D) as a *bank* of rotated canvases
+at a coarse level, described by the coarse-level descriptor function. Each target is then shrunk
+or enlarged once per scale hypothesis and every rotated canvas slides over it by FFT
+cross-correlation, so a structure anywhere in the field of view, at any tried orientation and at
+0.5-2x the template's size is covered by ``rotations x scales`` correlations. Matches are
+measured in the *template's* frame (the canvas keeps its size; the target is resampled), so every
+hypothesis is scored on the same template pixels with the same weights, and small scales do not
+win merely by comparing fewer pixels.
 
 Template pixels are weighted by how informative their descriptors are, so flat regions (air,
 the black outside an ultrasound fan, padding) cannot carry a match.
 
-Coordinates are array order (row, col); see :mod:`medshot.match.geometry`.
+Written once for images of any dimension; coordinates are array order (see
+:mod:`medshot.match.geometry`).
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -24,7 +27,8 @@ import numpy as np
 from scipy import fft as sfft
 from scipy import ndimage
 
-from .geometry import apply_affine, fft_size, grid_coords, informativeness, inside, pca_basis, project, rotation_2d
+from . import rotations
+from ..core.geometry import apply_affine, fft_size, grid_coords, informativeness, inside, pca_basis, project
 
 # (image at working resolution, coarse shape) -> (C, *coarse shape) descriptors
 Describe = Callable[[np.ndarray, tuple[int, ...]], np.ndarray]
@@ -34,8 +38,9 @@ Describe = Callable[[np.ndarray, tuple[int, ...]], np.ndarray]
 class SearchOptions:
     """Knobs of the global pose search."""
 
-    angle_step_deg: float = 15.0  # the bank covers the full circle in these steps
-    max_angle_deg: float = 180.0  # orientations searched: |angle| <= this
+    angle_step_deg: float = 15.0  # 2D: the bank covers the full circle in these steps ...
+    max_angle_deg: float = 180.0  # ... with |angle| <= this
+    max_angle_3d_deg: float = 10.0  # 3D: no turn, and turns of this much about each axis
     scale_range: tuple[float, float] = (0.5, 2.0)
     scale_steps: int = 9
     coarse_side: int = 64  # the template's working grid at most this many coarse pixels a side
@@ -51,26 +56,27 @@ class SearchOptions:
 
 @dataclass
 class Pose:
-    """One placement of the template in a target: score, rotation (degrees), scale and its affine.
+    """One placement of the template in a target: score, turn (degrees, signed in 2D), scale and its affine.
 
-    ``matrix`` maps template working-grid points (row, col) to target working-grid points.
+    ``matrix`` maps template working-grid points (array order) to target working-grid points.
     """
 
     score: float
     angle: float
     scale: float
     matrix: np.ndarray
+    rotation: np.ndarray | None = None
 
 
 @dataclass
 class PoseBank:
-    """The template's region of interest, rotated through a full circle, at the coarse search level."""
+    """The template's region of interest at every orientation the search tries, at the coarse level."""
 
-    angles: np.ndarray  # (A,) degrees
-    features: list[np.ndarray]  # A x (C, n, n)
-    weights: list[np.ndarray]  # A x (n, n)
+    rotations: list[np.ndarray]  # A x (ndim, ndim)
+    features: list[np.ndarray]  # A x (C, n, n[, n])
+    weights: list[np.ndarray]  # A x (n, n[, n])
     factor: float  # coarse pixels per template working pixel
-    center: np.ndarray  # (2,) template working (row, col) at the canvas centre
+    center: np.ndarray  # (ndim,) template working position at the canvas centre
     radius: float  # template working pixels: radius of the region of interest
     basis: np.ndarray | None
     # Per target size (the common case is one size for a whole batch), kept for the next target:
@@ -81,16 +87,26 @@ class PoseBank:
     def size(self) -> int:
         return int(self.features[0].shape[1])
 
-    def spectra(self, fshape: tuple[int, int]) -> list[np.ndarray]:
-        """Per angle: the spectrum of the weighted canvas, for correlations of FFT shape ``fshape``."""
+    @property
+    def ndim(self) -> int:
+        return len(self.center)
+
+    @property
+    def angles(self) -> list[float]:
+        return [rotations.turn_deg(R) for R in self.rotations]
+
+    def spectra(self, fshape: tuple[int, ...]) -> list[np.ndarray]:
+        """Per orientation: the spectrum of the weighted canvas, for correlations of FFT shape ``fshape``."""
         if fshape not in self._spectra:
             self._spectra.clear()
             self._factors.clear()
-            self._spectra[fshape] = [sfft.rfft2((f * w)[:, ::-1, ::-1], s=fshape)
+            flip = (slice(None),) + (slice(None, None, -1),) * self.ndim
+            axes = tuple(range(1, self.ndim + 1))
+            self._spectra[fshape] = [sfft.rfftn((f * w)[flip], s=fshape, axes=axes)
                                      for f, w in zip(self.features, self.weights)]
         return self._spectra[fshape]
 
-    def factors(self, shape: tuple[int, int], options: SearchOptions) -> list[tuple[np.ndarray, np.ndarray] | None]:
+    def factors(self, shape: tuple[int, ...], options: SearchOptions) -> list[tuple[np.ndarray, np.ndarray] | None]:
         """Per angle, for a target search grid of ``shape``: what turns a correlation into a score.
 
         ``score = correlation * factor + excluded`` with ``factor = fraction ** (power - 1) / area``,
@@ -106,7 +122,10 @@ class PoseBank:
                 if area < 2:
                     out.append(None)
                     continue
-                integral = np.pad(w.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+                integral = w
+                for axis in range(w.ndim):
+                    integral = integral.cumsum(axis)
+                integral = np.pad(integral, ((1, 0),) * w.ndim)
                 frac = np.clip(_overlap(integral, n, shape) / area, 1e-6, 1.0)
                 kept = frac > options.min_overlap
                 out.append(((np.where(kept, frac ** (options.overlap_power - 1) / area, 0.0)).astype(np.float32),
@@ -117,9 +136,9 @@ class PoseBank:
 
 def build_bank(image: np.ndarray, roi: np.ndarray, describe: Describe,
                options: SearchOptions | None = None) -> PoseBank:
-    """Rotated coarse canvases of the template ``image`` ``(h, w)`` around its region of interest ``roi``."""
+    """Rotated coarse canvases of the template ``image`` ``(M, N[, P])`` around its region of interest ``roi``."""
     options = options or SearchOptions()
-    h, w = image.shape
+    d = image.ndim
     pts = np.argwhere(roi).astype(np.float64)
     if len(pts) == 0:
         pts = np.argwhere(np.ones_like(roi, bool)).astype(np.float64)
@@ -127,34 +146,32 @@ def build_bank(image: np.ndarray, roi: np.ndarray, describe: Describe,
     radius = float(np.sqrt(((pts - center) ** 2).sum(1).max())) + 2.0
     half = int(np.ceil(radius * options.context)) + 4
     size = 2 * half + 1
-    n = max(8, int(round(size * min(1.0, options.coarse_side / max(h, w)))))
-    angles = np.arange(-180.0, 180.0, options.angle_step_deg)
-    angles = angles[np.abs(angles) <= options.max_angle_deg + 1e-9]
-    if len(angles) == 0:
-        angles = np.array([0.0])
+    n = max(8, int(round(size * min(1.0, options.coarse_side / max(image.shape)))))
+    turns = rotations.candidates(d, options.angle_step_deg, options.max_angle_deg, options.max_angle_3d_deg)
     canvases = []
-    for a in angles:
-        # canvas (work resolution) pixel q <- template point c + Rot(-a) (q - half)
-        to_canvas = np.eye(3)
-        to_canvas[:2, 2] = half - center
-        M = to_canvas @ rotation_2d(a, 1.0, center)
-        coords = grid_coords(np.linalg.inv(M), (size, size))
+    for R in turns:
+        # canvas (work resolution) pixel q <- template point c + R^-1 (q - half)
+        M = np.eye(d + 1)
+        M[:d, :d] = R
+        M[:d, d] = half - R @ center
+        coords = grid_coords(np.linalg.inv(M), (size,) * d)
         canvas = ndimage.map_coordinates(image, coords, order=1, mode="nearest").astype(np.float32)
-        valid = inside(coords, (h, w)) & (ndimage.map_coordinates(roi.astype(np.float32), coords, order=1) > 0.5)
+        valid = inside(coords, image.shape) & (ndimage.map_coordinates(roi.astype(np.float32), coords, order=1) > 0.5)
         canvases.append((canvas, valid))
-    first = describe(canvases[0][0], (n, n))
+    coarse = (n,) * d
+    first = describe(canvases[0][0], coarse)
     basis = pca_basis(first, options.channels)
     features, weights = [], []
-    for a, (canvas, valid) in zip(angles, canvases):
-        f = project(basis, first if a == angles[0] else describe(canvas, (n, n)))
+    for k, (canvas, valid) in enumerate(canvases):
+        f = project(basis, first if k == 0 else describe(canvas, coarse))
         v = ndimage.zoom(valid.astype(np.float32), n / size, order=1, grid_mode=True, mode="nearest") > 0.5
         info = informativeness(f)
         features.append(f)
         weights.append(v * (options.info_floor + (1 - options.info_floor) * info))
-    return PoseBank(angles, features, weights, n / size, center, radius, basis)
+    return PoseBank(turns, features, weights, n / size, center, radius, basis)
 
 
-def search(bank: PoseBank, target_shape: tuple[int, int], describe_target: Callable[[tuple[int, int]], np.ndarray],
+def search(bank: PoseBank, target_shape: tuple[int, ...], describe_target: Callable[[tuple[int, ...]], np.ndarray],
            options: SearchOptions | None = None) -> list[Pose]:
     """Placements of the bank's region in a target (working grid of ``target_shape``), best first.
 
@@ -163,56 +180,64 @@ def search(bank: PoseBank, target_shape: tuple[int, int], describe_target: Calla
     near-upright one when it is not among them).
     """
     options = options or SearchOptions()
-    H, W = target_shape
+    target_shape = tuple(target_shape)
+    d = len(target_shape)
     n = bank.size
     scales = np.geomspace(options.scale_range[0], options.scale_range[1], max(1, options.scale_steps))
     if options.scale_steps == 1:
         scales = np.array([1.0])
-    shapes = {s: (max(4, int(round(H * bank.factor / s))), max(4, int(round(W * bank.factor / s)))) for s in scales}
-    biggest = max(shapes.values(), key=lambda sh: sh[0] * sh[1])
-    fshape = (fft_size(biggest[0] + n), fft_size(biggest[1] + n))
+    shapes = {s: tuple(max(4, int(round(m * bank.factor / s))) for m in target_shape) for s in scales}
+    biggest = max(shapes.values(), key=lambda sh: int(np.prod(sh)))
+    fshape = tuple(fft_size(m + n) for m in biggest)
+    axes = tuple(range(1, d + 1))
     spectra = bank.spectra(fshape)
-    peaks: list[tuple[float, float, float, float, float]] = []  # score, angle, scale, row, col (work)
+    angles = bank.angles
+    peaks: list[tuple[float, int, float, np.ndarray]] = []  # score, orientation, scale, where (target working)
     half = max(1, n // 8)  # peaks closer than this (search pixels) are one peak
     for s in scales:
         shape = shapes[s]
-        f = np.array(shape, float) / np.array([H, W], float)  # target working -> search grid
-        F = sfft.rfft2(project(bank.basis, describe_target(shape)), s=fshape)
-        valid = (shape[0] + n - 1, shape[1] + n - 1)  # correlation indices where canvas and target overlap
-        for a, Tf, scoring in zip(bank.angles, spectra, bank.factors(shape, options)):
+        f = np.array(shape, float) / np.array(target_shape, float)  # target working -> search grid
+        F = sfft.rfftn(project(bank.basis, describe_target(shape)), s=fshape, axes=axes)
+        valid = tuple(slice(0, m + n - 1) for m in shape)  # correlation indices where canvas and target overlap
+        for k, (Tf, scoring) in enumerate(zip(spectra, bank.factors(shape, options))):
             if scoring is None:
                 continue
             factor, excluded = scoring
-            score = sfft.irfft2((Tf * F).sum(0), s=fshape)[: valid[0], : valid[1]] * factor + excluded
+            score = sfft.irfftn((Tf * F).sum(0), s=fshape)[valid] * factor + excluded
             for _ in range(options.peaks_per_map):
-                ky, kx = divmod(int(np.argmax(score)), valid[1])
-                if not np.isfinite(score[ky, kx]):
+                at = np.unravel_index(int(np.argmax(score)), score.shape)
+                if not np.isfinite(score[at]):
                     break
                 # index k pairs canvas pixel 0 with target pixel k - (n - 1); the canvas centre is (n - 1) / 2
-                at = (np.array([ky, kx]) - (n - 1) / 2 + 0.5) / f - 0.5
-                peaks.append((float(score[ky, kx]), float(a), float(s), at[0], at[1]))
-                score[max(0, ky - half): ky + half + 1, max(0, kx - half): kx + half + 1] = -np.inf
+                where = (np.array(at, float) - (n - 1) / 2 + 0.5) / f - 0.5
+                peaks.append((float(score[at]), k, float(s), where))
+                score[tuple(slice(max(0, a - half), a + half + 1) for a in at)] = -np.inf
     found = []
-    for score, a, s, row, col in peaks:
-        M = rotation_2d(a, s, (0.0, 0.0))
-        M[:2, 2] = np.array([row, col]) - M[:2, :2] @ bank.center
-        found.append(Pose(score, a, s, M))
+    for score, k, s, where in peaks:
+        M = np.eye(d + 1)
+        M[:d, :d] = s * bank.rotations[k]
+        M[:d, d] = where - M[:d, :d] @ bank.center
+        found.append(Pose(score, angles[k], s, M, bank.rotations[k]))
     found.sort(key=lambda p: -p.score)
     return distinct(found, bank, options)
 
 
-def _overlap(integral: np.ndarray, n: int, shape: tuple[int, int]) -> np.ndarray:
+def _overlap(integral: np.ndarray, n: int, shape: tuple[int, ...]) -> np.ndarray:
     """Canvas weight inside the target for every correlation index (from the weights' integral image).
 
-    Index ``k`` puts canvas pixel ``u`` on target pixel ``u + k - (n - 1)``, so the canvas rows inside
-    the target run from ``max(0, n - 1 - k)`` to ``min(n - 1, n - 2 - k + H)``.
+    Index ``k`` puts canvas pixel ``u`` on target pixel ``u + k - (n - 1)``, so along each axis the
+    canvas pixels inside the target run from ``max(0, n - 1 - k)`` to ``min(n - 1, n - 2 - k + length)``;
+    the sum over that box comes from the integral image by inclusion-exclusion over its corners.
     """
     bounds = []
     for length in shape:
         k = np.arange(length + n - 1)
         bounds.append((np.maximum(0, n - 1 - k), np.minimum(n - 1, n - 2 - k + length) + 1))
-    (r0, r1), (c0, c1) = bounds
-    return (integral[r1][:, c1] - integral[r0][:, c1] - integral[r1][:, c0] + integral[r0][:, c0])
+    out = np.zeros(tuple(len(b[0]) for b in bounds))
+    for corner in itertools.product((0, 1), repeat=len(shape)):
+        sign = (-1) ** (len(shape) - sum(corner))
+        out += sign * integral[np.ix_(*[bounds[axis][c] for axis, c in enumerate(corner)])]
+    return out
 
 
 def distinct(found: list[Pose], bank: PoseBank, options: SearchOptions) -> list[Pose]:
@@ -223,12 +248,19 @@ def distinct(found: list[Pose], bank: PoseBank, options: SearchOptions) -> list[
     for i, p in enumerate(found):
         if len(chosen) >= options.candidates:
             break
-        if all(np.hypot(*(where[i] - where[j])) > 0.25 * bank.radius * min(p.scale, found[j].scale)
+        if all(np.linalg.norm(where[i] - where[j]) > 0.25 * bank.radius * min(p.scale, found[j].scale)
                or abs(np.log(p.scale / found[j].scale)) > 0.3
-               or abs((p.angle - found[j].angle + 180) % 360 - 180) > 45 for j in picked):
+               or _between(p, found[j]) > 45 for j in picked):
             chosen.append(p)
             picked.append(i)
     upright = next((p for p in found if abs(p.angle) <= options.upright_deg), None)
     if upright is not None and all(upright is not p for p in chosen):
         chosen.append(upright)
     return chosen
+
+
+def _between(a: Pose, b: Pose) -> float:
+    """Degrees of turn between two placements."""
+    if a.rotation is None or b.rotation is None:
+        return abs((a.angle - b.angle + 180) % 360 - 180)
+    return abs(rotations.turn_deg(a.rotation @ b.rotation.T))

@@ -10,7 +10,7 @@ modalities), and every candidate is scored on the same template pixels. Template
 partner falls outside the target's field of view count as missing: the score is multiplied by
 the square root of the fraction that is present.
 
-Coordinates are array order (row, col); see :mod:`medshot.match.geometry`.
+Written for any dimension; coordinates are array order (see :mod:`medshot.match.geometry`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from .geometry import grid_coords, inside, level_shape, resize_image, scale_matrix
+from ..core.geometry import grid_coords, inside, level_shape, resize_image, scale_matrix
 
 
 @dataclass
@@ -84,7 +84,7 @@ class Verifier:
         return self.score_coords(target, coords)
 
     def score_coords(self, target: np.ndarray, coords: np.ndarray) -> Verification:
-        """Score a field ``coords`` ``(2, *level shape)``: where each level pixel lies in ``target``."""
+        """Score a field ``coords`` ``(ndim, *level shape)``: where each level pixel lies in ``target``."""
         present = inside(coords, target.shape)
         weight = self.weight * present
         total = float(self.weight.sum())
@@ -104,7 +104,7 @@ class Verifier:
 
 
 def _local_jacobian(coords: np.ndarray) -> np.ndarray:
-    """Mean Jacobian of a field ``(2, h, w)``: target pixels per template-level pixel."""
+    """Median Jacobian of a field ``(ndim, ...)``: target pixels per template-level pixel."""
     d = coords.shape[0]
     J = np.empty((d, d))
     for i in range(d):

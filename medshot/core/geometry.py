@@ -12,7 +12,11 @@ import numpy as np
 from scipy import fft as sfft
 from scipy import ndimage
 
-from ..features.base import l2_normalize
+
+def l2_normalize(data: np.ndarray, axis: int = 0, eps: float = 1e-8) -> np.ndarray:
+    """Unit-length descriptors along ``axis`` (so dot products are cosine similarities)."""
+    norm = np.sqrt(np.sum(data * data, axis=axis, keepdims=True))
+    return (data / np.maximum(norm, eps)).astype(np.float32)
 
 
 def apply_affine(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
@@ -66,18 +70,27 @@ def level_shape(shape: tuple[int, ...], side: int, upsample: bool = False) -> tu
     return tuple(max(4, int(round(n * f))) for n in shape), f
 
 
-def resize_image(image: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """Linear resampling onto a grid of ``shape`` covering the same extent, smoothed first when shrinking."""
-    image = np.asarray(image, np.float32)
+def resize_image(image: np.ndarray, shape: tuple[int, ...], box: tuple[slice, ...] | None = None) -> np.ndarray:
+    """Linear resampling of ``image`` (or of its ``box``) onto a grid of ``shape`` covering the same extent.
+
+    Smoothed first along every axis that shrinks; sampled one axis at a time (cheap for large volumes:
+    no full-size coordinate arrays), the most shrinking axis first.
+    """
+    image = np.asarray(image if box is None else image[box], np.float32)
     if tuple(image.shape) == tuple(shape):
         return image
     f = np.array(shape, float) / np.array(image.shape, float)
     sigma = [max(0.0, 0.5 / fa - 0.5) if fa < 1 else 0.0 for fa in f]
     if any(sigma):
         image = ndimage.gaussian_filter(image, sigma, mode="nearest")
-    coords = [np.clip((np.arange(n) + 0.5) / fa - 0.5, 0, m - 1) for n, fa, m in zip(shape, f, image.shape)]
-    grid = np.stack(np.meshgrid(*coords, indexing="ij"))
-    return ndimage.map_coordinates(image, grid, order=1, mode="nearest").astype(np.float32)
+    out = image
+    for axis in np.argsort(f):
+        coords = np.clip((np.arange(shape[axis]) + 0.5) / f[axis] - 0.5, 0, image.shape[axis] - 1)
+        lo = np.minimum(np.floor(coords).astype(np.intp), max(image.shape[axis] - 2, 0))
+        hi = np.minimum(lo + 1, image.shape[axis] - 1)
+        w = (coords - lo).astype(np.float32).reshape([-1 if a == axis else 1 for a in range(image.ndim)])
+        out = np.take(out, lo, axis=axis) * (1 - w) + np.take(out, hi, axis=axis) * w
+    return out.astype(np.float32)
 
 
 def resize_features(data: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:

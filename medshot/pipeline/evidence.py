@@ -1,7 +1,8 @@
 """The measurements behind each label's score and each landmark's confidence (see :mod:`medshot.confidence`).
 
 Built once per template (one small verifier per label and per landmark), then asked about every
-target's correspondence and results. Points are array order (row, col) on the working grids.
+target's correspondence and results. Written for any dimension; points are array indices on the
+working grids.
 """
 
 from __future__ import annotations
@@ -9,21 +10,32 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from ..core.geometry import apply_affine, grid_coords
+from ..core.labels import dice
+from ..match.correspond import Correspondence
+from ..match.verify import Verifier
 from .confidence import LabelEvidence, LandmarkEvidence
-from .evaluate import dice
-from .match.correspond import Correspondence
-from .match.geometry import apply_affine, grid_coords
-from .match.verify import Verifier
 
 
 def _margin(corr: Correspondence, point: np.ndarray, radius: float) -> float:
     """Chosen verification minus the best one among candidates that put ``point`` more than ``radius`` away."""
     chosen = corr.chosen
     at = apply_affine(chosen.matrix, point)[0]
-    scale = float(np.sqrt(abs(np.linalg.det(chosen.matrix[:2, :2]))))
+    scale = _scale(chosen.matrix)
     rivals = [c.verification.score for c in corr.candidates
-              if np.hypot(*(apply_affine(c.matrix, point)[0] - at)) > radius * scale]
+              if np.linalg.norm(apply_affine(c.matrix, point)[0] - at) > radius * scale]
     return chosen.verification.score - (max(rivals) if rivals else 0.0)
+
+
+def _scale(matrix: np.ndarray) -> float:
+    """Mean scale of an affine's linear part (target pixels per template pixel)."""
+    d = matrix.shape[0] - 1
+    return float(abs(np.linalg.det(matrix[:d, :d])) ** (1 / d))
+
+
+def _radius(count: float, ndim: int) -> float:
+    """Radius of a disc (ball) of ``count`` pixels (voxels)."""
+    return float(np.sqrt(count / np.pi)) if ndim == 2 else float((3 * count / (4 * np.pi)) ** (1 / 3))
 
 
 def _contrast(image: np.ndarray, inside: np.ndarray, around: np.ndarray) -> float:
@@ -52,9 +64,10 @@ def _sharpness(verifier: Verifier, target: np.ndarray, corr: Correspondence, shi
     is absent, or where nothing but noise drives the match, agreement is about as good anywhere.
     """
     at = _placed(verifier, corr)
+    d = at.shape[0]
     here = verifier.score_coords(target, at).agreement
-    around = [verifier.score_coords(target, at + np.array(d, float)[:, None, None] * shift).agreement
-              for d in ((1, 0), (-1, 0), (0, 1), (0, -1))]
+    around = [verifier.score_coords(target, at + (sign * shift * np.eye(d)[axis]).reshape((d,) + (1,) * d)).agreement
+              for axis in range(d) for sign in (1, -1)]
     return float(here - np.mean(around))
 
 
@@ -63,14 +76,14 @@ class Evidence:
 
     Parameters
     ----------
-    image : ndarray (h, w)
+    image : ndarray (m, n[, p])
         The template's working image in [0, 1].
-    informative : ndarray (h, w)
+    informative : ndarray (m, n[, p])
         Informativeness weight per pixel, in [0, 1].
-    labels : dict of int -> ndarray (h, w) bool
+    labels : dict of int -> ndarray (m, n[, p]) bool
         Each label's mask on the working grid.
-    landmarks : ndarray (N, 2)
-        Landmarks on the working grid (row, col).
+    landmarks : ndarray (N, ndim)
+        Landmarks on the working grid.
     verifier : Verifier
         The correspondence's verifier (whole region of interest).
     roi_radius : float
@@ -85,8 +98,8 @@ class Evidence:
         self.verifier = verifier
         self.roi_radius = roi_radius
         weight = 0.1 + 0.9 * informative
-        h, w = image.shape
-        self.diag = float(np.hypot(h, w))
+        d = image.ndim
+        self.diag = float(np.linalg.norm(image.shape))
         self.labels: dict[int, tuple[Verifier, np.ndarray, float, float]] = {}
         self.regions = labels
         self.contrast: dict[int, float] = {}
@@ -94,22 +107,22 @@ class Evidence:
             area = float(region.sum())
             if area == 0:
                 continue
-            radius = float(np.sqrt(area / np.pi))
+            radius = _radius(area, d)
             band = ndimage.distance_transform_edt(~region) <= max(2.0, 0.5 * radius)
             self.contrast[label] = _contrast(image, region, band & ~region)
             center = np.argwhere(region).mean(axis=0)
             self.labels[label] = (Verifier(image, band * weight, side, sigma, eps), center, radius,
-                                  np.log10(area / (h * w)))
-        yy, xx = np.indices((h, w))
+                                  np.log10(area / image.size))
+        grid = np.indices(image.shape)
         self.landmarks: list[tuple[Verifier, np.ndarray]] = []
-        for p in np.asarray(landmarks, float).reshape(-1, 2):
-            disc = (yy - p[0]) ** 2 + (xx - p[1]) ** 2 <= (0.05 * self.diag) ** 2
+        for p in np.asarray(landmarks, float).reshape(-1, d):
+            disc = ((grid - p.reshape((d,) + (1,) * d)) ** 2).sum(0) <= (0.05 * self.diag) ** 2
             self.landmarks.append((Verifier(image, disc * weight, side, sigma, eps), p))
 
     def for_labels(self, target: np.ndarray, corr: Correspondence) -> dict[int, LabelEvidence]:
         """Evidence per label of the template's mask."""
         v = corr.verification or corr.chosen.verification
-        scale = float(np.sqrt(abs(np.linalg.det(corr.matrix[:2, :2]))))
+        scale = _scale(corr.matrix)
         sharpness = _sharpness(self.verifier, target, corr, 0.25 * self.roi_radius * scale)
         out = {}
         for label, (verifier, center, radius, share) in self.labels.items():
@@ -129,7 +142,7 @@ class Evidence:
                       moved: np.ndarray) -> list[LandmarkEvidence]:
         """Evidence per landmark; ``moved`` is the re-matching shift as a fraction of the search radius."""
         v = corr.verification or corr.chosen.verification
-        scale = float(np.sqrt(abs(np.linalg.det(corr.matrix[:2, :2]))))
+        scale = _scale(corr.matrix)
         sharpness = _sharpness(self.verifier, target, corr, 0.25 * self.roi_radius * scale)
         return [LandmarkEvidence(v.agreement, _local(verifier, target, corr).agreement, v.present,
                                  _margin(corr, p, 0.02 * self.diag), float(pk), float(mu), float(mv), sharpness,

@@ -23,7 +23,7 @@ from .io import Image2D, load_image, normalize_intensity
 from .landmarks import FineLandmarks
 from .match import match_points
 from .match.correspond import Candidate, Correspondence, CorrespondOptions, TemplateSide, correspond
-from .match.geometry import grid_coords, pca_basis, project, resize_features, resize_image, scale_matrix
+from .core.geometry import grid_coords, pca_basis, project, resize_features, resize_image, scale_matrix
 from .match.verify import Verification
 from .segment import Prompt, Segmenter, box_from_points, get_segmenter
 from .template import Template
@@ -184,8 +184,8 @@ class OneShot:
         """Unit descriptors ``(c, *shape)`` of a map described in a frame of ``shape`` pixels."""
         # Reduce on the backbone's own grid, then resample: a log-binned ViT map has thousands of channels,
         # and bringing those to the working grid first would cost gigabytes.
-        reduced = FeatureMap(project(self._basis, fmap.data), fmap.stride_yx, fmap.offset_yx, fmap.image_shape)
-        if not (reduced.grid_shape == tuple(shape) and reduced.stride_yx == (1.0, 1.0)):
+        reduced = FeatureMap(project(self._basis, fmap.data), fmap.stride, fmap.offset, fmap.image_shape)
+        if not (reduced.grid_shape == tuple(shape) and reduced.stride == (1.0, 1.0)):
             reduced = reduced.resampled(tuple(shape))
         return l2_normalize(reduced.data, axis=0)
 

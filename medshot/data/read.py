@@ -1,0 +1,246 @@
+"""Reading images, volumes and label maps into :class:`~medshot.data.image.Image`.
+
+One entry point, :func:`read_image`, for PNG/JPEG/TIFF/BMP, NIfTI (2D, one slice of 3D, or a
+volume), DICOM files and DICOM series folders. A problem a user can fix (missing, truncated,
+unreadable, too small, without any finite value) is a one-line :class:`MedshotError` naming the file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..core.errors import MedshotError
+from .dicom import is_dicom_series_dir, looks_like_dicom, read_dicom_file, read_dicom_series
+from .image import Image, Source, from_array, raster_affine
+
+RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+DICOM_SUFFIXES = (".dcm", ".dicom")
+IMAGE_SUFFIXES = RASTER_SUFFIXES + NIFTI_SUFFIXES + DICOM_SUFFIXES
+# Smallest side medshot works on (pixels): its descriptors look at several scales of a neighbourhood,
+# and below this there is nothing to match (2x2 images used to crash the segmenter). A volume needs at
+# least two slices.
+MIN_SIDE = 8
+# Largest label value: label maps are written as 8- or 16-bit PNG / NIfTI.
+MAX_LABEL = 65535
+
+
+def suffix(path: Path) -> str:
+    name = path.name.lower()
+    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
+
+
+def is_image_path(path: Path) -> bool:
+    return path.is_file() and suffix(path) in IMAGE_SUFFIXES
+
+
+def nifti_is_volume(path: str | Path) -> bool:
+    """Whether a NIfTI file holds 3D data with more than one slice (reads the header only)."""
+    import nibabel as nib
+
+    try:
+        full = nib.load(str(path)).shape
+    except Exception:  # noqa: BLE001 - an unreadable file is not a volume; the reader will say why
+        return False
+    # (X, Y, Z) or (X, Y, Z, 1, ...) with Z > 1; a single-slice file stays 2D.
+    return len(full) >= 3 and full[2] > 1 and all(s == 1 for s in full[3:])
+
+
+def is_volume_path(path: str | Path, slice_index: int | None = None) -> bool:
+    """Input that is a volume: a 3D NIfTI (unless a slice is asked for) or a DICOM series folder."""
+    path = Path(path)
+    if path.is_dir():
+        return is_dicom_series_dir(path)
+    return slice_index is None and path.is_file() and suffix(path) in NIFTI_SUFFIXES and nifti_is_volume(path)
+
+
+def read_image(path: str | Path, slice_index: int | None = None, slice_axis: int = 2) -> Image:
+    """Read a 2D image or a volume.
+
+    Parameters
+    ----------
+    path : str or Path
+        An image file, or a DICOM series folder.
+    slice_index : int, optional
+        For 3D NIfTI: read only this slice along ``slice_axis``, as a 2D image (default: the volume).
+    slice_axis : int
+        Array axis of a 3D NIfTI to slice along.
+
+    Raises
+    ------
+    MedshotError
+        When the file is missing, unreadable, truncated, not 2D/3D, too small or all NaN.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise MedshotError("file not found", path)
+    sfx = suffix(path)
+    try:
+        if path.is_dir():
+            if not is_dicom_series_dir(path):
+                raise MedshotError("is a folder but not a DICOM series (expected an image file, or a folder of "
+                                   "DICOM slices with positions and orientations)", path)
+            image = read_dicom_series(path)
+        elif sfx in NIFTI_SUFFIXES:
+            image = _read_nifti(path, slice_index, slice_axis)
+        elif sfx in DICOM_SUFFIXES or (sfx not in RASTER_SUFFIXES and looks_like_dicom(path)):
+            image = read_dicom_file(path)
+        elif sfx in RASTER_SUFFIXES:
+            image = _read_raster(path)
+        else:
+            raise MedshotError(f"unsupported file type '{sfx or path.name}' (expected one of "
+                               f"{', '.join(IMAGE_SUFFIXES)}, or a DICOM series folder)", path)
+    except MedshotError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - every reader fails differently; name the file instead
+        raise MedshotError(f"cannot read image ({type(exc).__name__}: {exc})", path) from exc
+    if image.ndim == 2 and min(image.shape) < MIN_SIDE:
+        H, W = image.shape
+        raise MedshotError(f"image is {W}x{H} pixels; medshot needs at least {MIN_SIDE} pixels on each side", path)
+    if image.ndim == 3 and min(image.shape) < 2:
+        raise MedshotError(f"expected a 3D volume, got shape {image.shape}", path)
+    image.array = fill_missing(image.array, image.meta, path)
+    return image
+
+
+def fill_missing(array: np.ndarray, meta: dict, path: str | Path | None) -> np.ndarray:
+    """NaN/Inf pixels are missing data: refuse an image without any finite value, else fill them.
+
+    They get the lowest finite value (the background of CT, MR and X-ray alike, where 0 could be
+    soft tissue), and ``meta["missing_fraction"]`` records how many there were so that the command
+    line can say so.
+    """
+    finite = np.isfinite(array)
+    if finite.all():
+        return array
+    if not finite.any():
+        raise MedshotError("image holds no finite value (every pixel is NaN or Inf)", path)
+    meta["missing_fraction"] = float(1.0 - finite.mean())
+    return np.where(finite, array, array[finite].min()).astype(array.dtype, copy=False)
+
+
+def missing_note(meta: dict) -> str | None:
+    """A one-line note for an image whose NaN/Inf pixels were filled, else None."""
+    frac = meta.get("missing_fraction")
+    if not frac:
+        return None
+    return (f"{100 * frac:.3g} % of the pixels are NaN or Inf; treated as missing (filled with the lowest "
+            f"finite value)")
+
+
+def check_contrast(array: np.ndarray, path: str | Path | None) -> None:
+    """Refuse a constant image: there is nothing to match in it (an all-NaN image used to become one)."""
+    lo, hi = float(np.min(array)), float(np.max(array))
+    if hi - lo <= 1e-6 * max(1.0, abs(lo), abs(hi)):
+        raise MedshotError(f"image is constant (every pixel is {lo:g}); nothing to match", path)
+
+
+def _read_raster(path: Path) -> Image:
+    from PIL import Image as PILImage
+
+    with PILImage.open(path) as im:
+        im.load()  # forces a full decode: truncated files fail here, not later
+        mode = im.mode
+        if mode in ("RGB", "RGBA", "P", "LA", "CMYK", "YCbCr"):
+            arr = np.asarray(im.convert("RGB"), dtype=np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+        else:
+            arr = np.asarray(im).astype(np.float32)
+    if arr.ndim == 3:
+        arr = arr[..., :3].mean(axis=2) if arr.shape[2] >= 3 else arr[..., 0]
+    return Image(np.ascontiguousarray(arr, dtype=np.float32), raster_affine(), path, "raster", None, {"mode": mode})
+
+
+def _read_nifti(path: Path, slice_index: int | None, slice_axis: int) -> Image:
+    import nibabel as nib
+
+    img = nib.load(str(path))
+    shape = img.shape
+    if len(shape) > 3 and all(s == 1 for s in shape[3:]):
+        shape = shape[:3]
+    meta = {"qform_code": int(img.header["qform_code"]), "sform_code": int(img.header["sform_code"])}
+    # float32 directly: get_fdata's default float64 would double the memory of a large CT.
+    data = img.get_fdata(dtype=np.float32).reshape(shape) if len(shape) <= 3 else None
+    if data is None:
+        raise MedshotError(f"expected 2D or 3D NIfTI data, got shape {img.shape}", path)
+    if data.ndim == 3 and data.shape[2] == 1:
+        data = data[:, :, 0]
+    if data.ndim == 2:
+        return Image(np.ascontiguousarray(data), np.asarray(img.affine, float), path, "nifti",
+                     Source(img.affine, tuple(img.shape)), meta)
+    if slice_index is None:
+        return from_array(data, img.affine, path, "nifti", meta)
+    if not 0 <= slice_axis <= 2:
+        raise MedshotError(f"slice axis must be 0, 1 or 2, got {slice_axis}", path)
+    n = data.shape[slice_axis]
+    if not 0 <= slice_index < n:
+        raise MedshotError(f"slice {slice_index} is outside the volume ({n} slices along axis {slice_axis})", path)
+    kept = [a for a in range(3) if a != slice_axis]
+    affine = np.eye(4)
+    affine[:, 0], affine[:, 1] = img.affine[:, kept[0]], img.affine[:, kept[1]]
+    affine[:, 2] = img.affine[:, slice_axis]
+    affine[:3, 3] = img.affine[:3, 3] + slice_index * img.affine[:3, slice_axis]
+    return Image(np.ascontiguousarray(np.take(data, slice_index, axis=slice_axis)), affine, path, "nifti",
+                 Source(img.affine, tuple(data.shape), None, slice_axis, slice_index), meta)
+
+
+def read_label_map(path: str | Path, like: Image) -> tuple[np.ndarray, dict[int, int]]:
+    """Read a label map (0 = background) on the grid of ``like``: labels and their values in the file.
+
+    The map must cover the same pixels as ``like`` (2D: same size; a slice of a 3D NIfTI is sliced
+    like it; 3D: same world geometry, whatever its own axis order). A binary 0/255 mask is worked on
+    as 0/1; the second value returned, ``{1: 255}`` then (``{}`` otherwise), lets outputs be written
+    with the file's own values. Labels come back as ``int32`` in 2D and ``uint16`` for volumes (a
+    CT-sized label map is then 150 MB rather than 300 MB).
+    """
+    path = Path(path)
+    source = like.source
+    if like.ndim == 2 and source is not None and source.slice_index is not None and suffix(path) in NIFTI_SUFFIXES:
+        labels = read_image(path, source.slice_index, source.slice_axis or 2)
+    else:
+        labels = read_image(path)
+    if labels.ndim != like.ndim:
+        raise MedshotError(f"label map is {labels.ndim}D but the image is {like.ndim}D", path)
+    if like.ndim == 2 and labels.shape != like.shape:
+        raise MedshotError(f"mask is {labels.shape[1]}x{labels.shape[0]} (WxH) but the image is "
+                           f"{like.shape[1]}x{like.shape[0]}", path)
+    if like.ndim == 3 and (labels.shape != like.shape or
+                           not np.allclose(labels.affine, like.affine, atol=1e-2 * float(like.spacing.min()))):
+        shown = labels.source.shape if labels.source else labels.shape
+        want = like.source.shape if like.source else like.shape
+        raise MedshotError(f"label map geometry (shape {shown}) differs from the image's (shape {want}); it must "
+                           "share the image's voxel grid and affine", path)
+    values = labels.array
+    if not np.allclose(values, np.round(values)):
+        raise MedshotError("label map must hold integer labels", path)
+    if values.min() < 0:
+        raise MedshotError("label map holds negative labels", path)
+    if values.max() > MAX_LABEL:
+        raise MedshotError(f"label {values.max():g} is too large (labels go up to {MAX_LABEL})", path)
+    out = np.round(values).astype(np.int32 if like.ndim == 2 else np.uint16)
+    present = np.unique(out)
+    if len(present) == 2 and present[0] == 0 and present[1] == 255:
+        return (out > 0).astype(out.dtype), {1: 255}
+    return out, {}
+
+
+def list_images(paths) -> list[Path]:
+    """Expand files and folders into a sorted list of images (a DICOM series folder is one image).
+
+    A folder that is neither a DICOM series nor holds an image is an error.
+    """
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if not p.exists():
+            raise MedshotError("file not found", p)
+        if p.is_dir() and is_dicom_series_dir(p):
+            out.append(p)
+        elif p.is_dir():
+            found = sorted(q for q in p.iterdir() if is_image_path(q) or (q.is_dir() and is_dicom_series_dir(q)))
+            if not found:
+                raise MedshotError(f"folder holds no image ({', '.join(IMAGE_SUFFIXES)}) and no DICOM series", p)
+            out.extend(found)
+        else:
+            out.append(p)
+    return out
