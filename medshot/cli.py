@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .annotations import read_label_names
 from .errors import MedshotError
 
 EXIT_USER_ERROR = 2
@@ -184,20 +185,7 @@ def _label_choice(args: argparse.Namespace) -> tuple[list[int] | None, dict[int,
             labels = [int(v) for v in args.labels.split(",") if v.strip()]
         except ValueError as exc:
             raise MedshotError(f"--labels must be comma-separated integers, got '{args.labels}'") from exc
-    return labels, (_read_label_names(args.label_names) if args.label_names else None)
-
-
-def _read_label_names(path: str) -> dict[int, str]:
-    import csv
-
-    p = Path(path)
-    if not p.exists():
-        raise MedshotError("file not found", p)
-    try:
-        with open(p, newline="") as fh:
-            return {int(r["label"]): r["name"] for r in csv.DictReader(fh)}
-    except (KeyError, ValueError, TypeError) as exc:
-        raise MedshotError("label names CSV needs integer 'label' and a 'name' column", p) from exc
+    return labels, (read_label_names(args.label_names) if args.label_names else None)
 
 
 def _refuse_input_overwrite(out: Path, inputs) -> None:
@@ -402,7 +390,7 @@ def cmd_annotate(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .experiment import run_from_args
+    from .evaluation.run import run_from_args
 
     return run_from_args(args)
 
