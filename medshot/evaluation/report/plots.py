@@ -151,9 +151,9 @@ def plot_overlays(rows: Sequence[dict], ctx: ReportContext, metric: str, methods
             if view.truth is not None:
                 for label in np.unique(view.truth[view.truth > 0]):
                     ax.contour(view.truth == label, levels=[0.5], colors="lime", linewidths=0.8)
-            note = f" ({view.note})" if view.note else ""
-            ax.set_title(f"{method} — {what}\n{template} → {target}{note}: {metric_label(metric, ctx.element)} "
-                         f"{fmt(value)}", fontsize=8)
+            score = f"{metric_label(metric, ctx.element)} {fmt(value)}"
+            where = f"{template} → {target}" + (f"\n{view.note}, {score}" if view.note else f": {score}")
+            ax.set_title(f"{method} — {what}\n{where}", fontsize=8)
             ax.axis("off")
         for ax in ax_row[len(picks):]:
             ax.axis("off")

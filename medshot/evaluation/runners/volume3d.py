@@ -106,7 +106,15 @@ class VolumeRunner(Runner):
         return VolumeShot(template, backbone=backbone, refine=REFINES[segmenter], window=self.window)
 
     def predict(self, shot, target: Case, landmarks: bool, masks: bool, baseline: str | None) -> Prediction:
-        result = shot.run(target.image, landmarks=landmarks, masks=masks, baseline=baseline)
+        if baseline is None:
+            result = shot.run(target.image, landmarks=landmarks, masks=masks)
+        else:
+            from ...match.intensity import single_threaded
+
+            # ITK's multi-threaded metrics sum in a varying order: one thread makes reruns (and resumed
+            # runs) give the same numbers, as the 2D baselines do.
+            with single_threaded():
+                result = shot.run(target.image, landmarks=landmarks, masks=masks, baseline=baseline)
         label_map = None if result.label_map is None else result.volume.to_source_array(result.label_map)
         return Prediction(label_map, dict(result.scores),
                           {lm.name: np.asarray(lm.ijk, float) for lm in result.landmarks},
