@@ -223,3 +223,13 @@ def test_a_2d_cases_csv_is_not_resumed_as_a_volume_run(capsys, volumes, run, tmp
     assert evaluate("--data", volumes, "--out", out, *ARGS) == 2
     err = capsys.readouterr().err
     assert "cases.csv" in err and "--restart" in err
+
+
+def test_the_evaluation_never_imports_the_command_line():
+    import subprocess
+    import sys
+
+    code = ("import sys, medshot.evaluation.run, medshot.evaluation.report, medshot.evaluation.runners.image2d, "
+            "medshot.evaluation.runners.volume3d; sys.exit(any(m.startswith('medshot.cli') or "
+            "m.startswith('medshot.volume.cli') for m in sys.modules))")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0

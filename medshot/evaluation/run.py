@@ -131,7 +131,7 @@ def run_evaluation(config: EvaluationConfig) -> EvaluationResult:
                            prediction_path(predictions, method, template, target, runner.prediction_suffix))
 
     ctx = ReportContext(
-        title=f"medshot evaluate: {dataset.root.name}",
+        title=f"medshot evaluate: {dataset.root.parent.name}/{dataset.root.name}",
         methods=[m.name for m in methods],
         baselines=[m.name for m in methods if m.baseline],
         skipped=[(s.name, s.what, s.reason) for s in skipped],

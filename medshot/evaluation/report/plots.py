@@ -63,6 +63,7 @@ def table_rows(summary: Sequence[dict], element: str = "px") -> list[list[str]]:
 
 
 def plot_table(summary: Sequence[dict], title: str, element: str = "px") -> bytes:
+    """The per-task table (:func:`table_rows`) as a picture."""
     plt = _pyplot()
     lines = table_rows(summary, element)
     widths = np.array([max(len(str(c)) for c in col) for col in zip(TABLE_HEADER, *lines)], float) + 2
