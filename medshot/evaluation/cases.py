@@ -91,17 +91,21 @@ class Dataset:
 
     @property
     def has_masks(self) -> bool:
+        """Whether the cases have label maps (then every case has one)."""
         return any(c.mask is not None for c in self.cases)
 
     @property
     def has_landmarks(self) -> bool:
+        """Whether the cases have landmarks (then every case has some)."""
         return any(c.landmarks for c in self.cases)
 
     @property
     def names(self) -> list[str]:
+        """Case names, sorted."""
         return [c.name for c in self.cases]
 
     def case(self, name: str) -> Case:
+        """The case of that name."""
         return self._by_name[name]
 
     def __post_init__(self) -> None:

@@ -33,6 +33,7 @@ class MemoryProbe:
             return False
 
     def start(self) -> None:
+        """Reset the peak and remember the current use."""
         if self.kind == "rss":
             if self._trim is not None:
                 self._trim(0)  # freed memory would otherwise stay resident and hide the next case's peak
@@ -45,6 +46,7 @@ class MemoryProbe:
             self._start = float(tracemalloc.get_traced_memory()[0]) / 1024
 
     def stop(self) -> float:
+        """Peak use since :meth:`start` above the use then, in MB."""
         if self.kind == "rss":
             peak = float(_proc_status_kb("VmHWM") or 0)
         else:
