@@ -26,7 +26,11 @@ from pathlib import Path
 import numpy as np
 
 import medshot
-from medshot.confidence import (
+from medshot.evaluation.dataset import discover_dataset
+from medshot.evaluation.metrics import dice, normalized_distance
+from medshot.evaluation.plan import split_cases
+from medshot.evaluation.runners.image2d import make_template
+from medshot.pipeline.confidence import (
     LABEL_FEATURES,
     LANDMARK_FEATURES,
     LabelEvidence,
@@ -34,8 +38,6 @@ from medshot.confidence import (
     features,
     fit_logistic,
 )
-from medshot.evaluate import dice, normalized_distance
-from medshot.experiment import discover_dataset, make_template, split_cases
 from medshot.io import load_label_map
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -39,7 +39,8 @@ from pathlib import Path
 import numpy as np
 
 from medshot import MedshotError
-from medshot.experiment import EvaluationConfig, parse_list, run_evaluation
+from medshot.evaluation.plan import parse_list
+from medshot.evaluation.run import EvaluationConfig, run_evaluation
 
 TASKS = {
     "hc18": "us_fetal_head_hc18",

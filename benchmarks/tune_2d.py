@@ -25,8 +25,10 @@ from pathlib import Path
 import numpy as np
 
 import medshot
-from medshot.evaluate import dice, normalized_distance
-from medshot.experiment import discover_dataset, make_template, split_cases
+from medshot.evaluation.dataset import discover_dataset
+from medshot.evaluation.metrics import dice, normalized_distance
+from medshot.evaluation.plan import split_cases
+from medshot.evaluation.runners.image2d import make_template
 from medshot.io import load_label_map
 from medshot.match import CorrespondOptions
 

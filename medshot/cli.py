@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .core.errors import MedshotError
+from .data.annotations import read_label_names
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -102,13 +103,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="score methods and baselines on a labelled dataset (tables, plots, report)")
     p.add_argument("--data", required=True,
-                   help="dataset folder (images/ + masks/ and/or landmarks.csv) or manifest .csv/.json")
+                   help="dataset folder (images/ + masks/ and/or landmarks.csv; 2D images or 3D volumes) or manifest "
+                        ".csv/.json")
     p.add_argument("--out", required=True, help="report folder (cases.csv, summary.csv, report.html, PNGs)")
     p.add_argument("--backbones", default="classical", help="comma-separated backbones, or 'all' (default: classical)")
     p.add_argument("--segmenters", default="classical",
-                   help="comma-separated segmenters, or 'all' (default: classical)")
+                   help="comma-separated segmenters, or 'all' (default: classical; volumes: classical, "
+                        "randomwalker)")
     p.add_argument("--baselines", default="identity,affine,bspline",
-                   help="comma-separated atlas-registration baselines, or 'none' (default: identity,affine,bspline)")
+                   help="comma-separated atlas-registration baselines, or 'none' (default: identity,affine,bspline; "
+                        "volumes: affine, bspline, affine@medshot, bspline@medshot)")
     p.add_argument("--templates", default="first", help="first | all (leave-one-out) | K (default: first)")
     p.add_argument("--template-choice", choices=["spread", "first"], default="spread",
                    help="how --templates K picks: spread evenly over the sorted cases, or the first K")
@@ -117,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "report = 2nd, 4th, ...) as templates and targets, so that parameters chosen on one "
                         "half are reported on the other (default: all)")
     p.add_argument("--max-targets", type=int, default=None, help="at most N targets per template (quick runs)")
-    p.add_argument("--work-size", type=int, default=256, help="longest side of the matching grid (pixels)")
+    p.add_argument("--work-size", type=int, default=256,
+                   help="longest side of the matching grid (pixels; images only)")
     p.add_argument("--window", type=float, nargs=2, metavar=("LOW", "HIGH"), default=None,
                    help="intensity window, e.g. CT HU -160 240 (default: robust percentiles per image)")
     p.add_argument("--restart", action="store_true", help="discard an earlier run in --out instead of resuming it")
@@ -184,20 +189,7 @@ def _label_choice(args: argparse.Namespace) -> tuple[list[int] | None, dict[int,
             labels = [int(v) for v in args.labels.split(",") if v.strip()]
         except ValueError as exc:
             raise MedshotError(f"--labels must be comma-separated integers, got '{args.labels}'") from exc
-    return labels, (_read_label_names(args.label_names) if args.label_names else None)
-
-
-def _read_label_names(path: str) -> dict[int, str]:
-    import csv
-
-    p = Path(path)
-    if not p.exists():
-        raise MedshotError("file not found", p)
-    try:
-        with open(p, newline="") as fh:
-            return {int(r["label"]): r["name"] for r in csv.DictReader(fh)}
-    except (KeyError, ValueError, TypeError) as exc:
-        raise MedshotError("label names CSV needs integer 'label' and a 'name' column", p) from exc
+    return labels, (read_label_names(args.label_names) if args.label_names else None)
 
 
 def _refuse_input_overwrite(out: Path, inputs) -> None:
@@ -402,7 +394,7 @@ def cmd_annotate(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .experiment import run_from_args
+    from .evaluation.run import run_from_args
 
     return run_from_args(args)
 

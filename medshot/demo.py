@@ -12,7 +12,7 @@ from .synthetic import LANDMARK_NAMES, make_phantom, random_warp
 
 def run_demo(out_dir: Path, n_targets: int = 3) -> int:
     """Write a template and warped targets, run localize + segment, report Dice and NED."""
-    from .evaluate import dice_per_label, normalized_distance
+    from .evaluation.metrics import dice_per_label, normalized_distance
     from .pipeline import OneShot
     from .template import Template
     from .viz import overlay

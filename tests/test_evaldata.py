@@ -7,7 +7,7 @@ import numpy as np
 from conftest import evaldata_task
 
 import medshot
-from medshot.evaluate import dice, normalized_distance
+from medshot.evaluation.metrics import dice, normalized_distance
 from medshot.io import load_label_map
 from medshot.template import read_landmarks_csv
 

@@ -17,8 +17,10 @@ from PIL import Image
 from scipy import ndimage, stats
 
 from medshot.cli import main
-from medshot.experiment import CASES_HEADER, discover_dataset, select_templates
-from medshot.report import bootstrap_ci, paired_wilcoxon
+from medshot.evaluation.dataset import discover_dataset
+from medshot.evaluation.plan import select_templates
+from medshot.evaluation.report import bootstrap_ci, paired_wilcoxon
+from medshot.evaluation.store import CASES_HEADER
 
 H, W = 48, 64  # images; --work-size 64 keeps the working grid equal to the image grid
 RECT1 = (12, 28, 16, 40)  # label 1: rows 12..27, columns 16..39 (16 x 24)
@@ -304,15 +306,15 @@ def test_missing_mask_and_no_truth(capsys, dataset, tmp_path):
     assert "ground truth" in _fails_cleanly(capsys, tmp_path / "out", "--data", ds)
 
 
-def test_3d_volume_is_refused(capsys, tmp_path):
+def test_2d_images_and_3d_volumes_in_one_dataset_are_refused(capsys, dataset, tmp_path):
     import nibabel as nib
 
     ds = tmp_path / "ds"
+    shutil.copytree(dataset, ds)
     for sub in ("images", "masks"):
-        (ds / sub).mkdir(parents=True)
-        for name in ("v1", "v2"):
-            nib.save(nib.Nifti1Image(np.ones((8, 9, 5), np.uint8), np.eye(4)), ds / sub / f"{name}.nii.gz")
-    assert "3D" in _fails_cleanly(capsys, tmp_path / "out", "--data", ds)
+        nib.save(nib.Nifti1Image(np.ones((8, 9, 5), np.uint8), np.eye(4)), ds / sub / "v1.nii.gz")
+    err = _fails_cleanly(capsys, tmp_path / "out", "--data", ds)
+    assert "v1.nii.gz" in err and "3D" in err and "2D" in err and not (tmp_path / "out").exists()
 
 
 def test_resuming_with_other_settings_is_refused(capsys, dataset, reference, tmp_path):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import medshot
-from medshot.evaluate import dice_per_label, normalized_distance
+from medshot.evaluation.metrics import dice_per_label, normalized_distance
 from medshot.synthetic import random_warp
 
 

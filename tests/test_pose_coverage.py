@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import medshot
-from medshot.evaluate import dice_per_label, normalized_distance
+from medshot.evaluation.metrics import dice_per_label, normalized_distance
 from medshot.synthetic import make_phantom, place, ultrasound_frame
 
 CASES = {

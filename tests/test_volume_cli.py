@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from medshot.cli import main
-from medshot.evaluate import dice
+from medshot.evaluation.metrics import dice
 from medshot.volume.synthetic3d import (
     LANDMARK_NAMES_3D,
     Phantom3D,

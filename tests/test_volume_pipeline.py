@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medshot.evaluate import dice
+from medshot.evaluation.metrics import dice
 from medshot.features.classical import ClassicalBackbone
 from medshot.volume.align3d import AlignOptions3D, Correspondence3D
 from medshot.volume.features3d import classical_features_3d, slice_features

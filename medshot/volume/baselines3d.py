@@ -24,7 +24,7 @@ def _to_sitk(array: np.ndarray, spacing):
 
 
 def register3d(template: np.ndarray, target: np.ndarray, template_spacing, target_spacing,
-               method: str = "bspline", control_spacing_mm: float = 25.0, seed: int = 0,
+               method: str = "bspline", control_spacing_mm: float = 25.0, seed: int = 1,
                threads: int | None = None, initial_voxels: np.ndarray | None = None) -> Correspondence3D:
     """Register ``template`` (moving) to ``target`` (fixed), both working volumes in [0, 1].
 
@@ -35,10 +35,13 @@ def register3d(template: np.ndarray, target: np.ndarray, template_spacing, targe
 
     ``initial_voxels`` (4x4, target voxel -> template voxel of these grids) replaces the moments
     initialisation, e.g. medshot's global placement, to separate finding the anatomy from
-    registering it.
+    registering it. ``seed`` fixes the metric's random samples; it must be non-zero (SimpleITK
+    seeds 0 from the clock, so runs would differ).
     """
     import SimpleITK as sitk
 
+    if seed == 0:
+        raise ValueError("seed must be non-zero (SimpleITK seeds 0 from the clock)")
     if method not in BASELINES_3D:
         raise ValueError(f"unknown baseline '{method}'; known: {', '.join(BASELINES_3D)}")
     if threads:
