@@ -183,7 +183,8 @@ class TemplateSide:
 
 
 def correspond(template: TemplateSide, target: np.ndarray, target_features: np.ndarray,
-               describe_target: Callable[[tuple[int, int]], np.ndarray] | None = None) -> Correspondence:
+               describe_target: Callable[[tuple[int, ...]], np.ndarray] | None = None,
+               initial: np.ndarray | None = None, deformable: bool = True) -> Correspondence:
     """The verified correspondence from ``template`` to a target on its working grid.
 
     Parameters
@@ -196,6 +197,11 @@ def correspond(template: TemplateSide, target: np.ndarray, target_features: np.n
         The target's descriptors on a coarse grid of a given shape, for the pose search (the same
         descriptor function the template's bank was made with); by default ``target_features``
         resampled.
+    initial : ndarray (ndim + 1, ndim + 1), optional
+        A placement found already (template working -> target working, e.g. by a coarser stage): it
+        is refined and verified alone, with no search and no other candidate.
+    deformable : bool
+        Deform the chosen affine (``options.deformation``), or keep it.
     """
     options = template.options
     verify = template.verifier
@@ -205,9 +211,10 @@ def correspond(template: TemplateSide, target: np.ndarray, target_features: np.n
         if plausible(matrix, scale_range=(0.1, 10.0)):
             candidates.append(Candidate(name, matrix, verify(target, matrix)))
 
-    if options.identity:
-        add("identity", scale_matrix(np.array(target.shape, float) / np.array(template.image.shape, float)))
-    if options.intensity:
+    no_motion = scale_matrix(np.array(target.shape, float) / np.array(template.image.shape, float))
+    if options.identity and initial is None:
+        add("identity", no_motion)
+    if options.intensity and initial is None:
         from .intensity import intensity_affine
 
         add("intensity affine", intensity_affine(template.image, target, side=options.intensity_side))
@@ -221,18 +228,23 @@ def correspond(template: TemplateSide, target: np.ndarray, target_features: np.n
     if describe_target is None:
         def describe_target(shape):
             return resize_features(target_features, shape)
-    for i, pose in enumerate(search(template.bank, target.shape, describe_target, options.search)):
-        add(f"placement {i + 1} ({pose.angle:+.0f} deg, x{pose.scale:.2f})",
-            refine_affine(template.at, level, pose.matrix, options.refine))
-    if not candidates:  # every candidate implausible: fall back to no motion, whatever it scores
-        M = scale_matrix(np.array(target.shape, float) / np.array(template.image.shape, float))
-        candidates.append(Candidate("identity", M, verify(target, M)))
+    if initial is not None:
+        add("placement", refine_affine(template.at, level, initial, options.refine))
+    else:
+        for i, pose in enumerate(search(template.bank, target.shape, describe_target, options.search)):
+            add(f"placement {i + 1} ({pose.angle:+.0f} deg, x{pose.scale:.2f})",
+                refine_affine(template.at, level, pose.matrix, options.refine))
+    if not candidates:  # every candidate implausible: fall back to the given placement or to no motion
+        M = no_motion if initial is None else initial
+        candidates.append(Candidate("identity" if initial is None else "placement", M, verify(target, M)))
     candidates.sort(key=lambda c: -c.verification.score * (1 - options.turn_penalty * (1 - np.cos(turn(c.matrix))) / 2))
     chosen = candidates[0]
     affine_only = Correspondence(grid_coords(np.linalg.inv(chosen.matrix), target.shape), chosen.matrix, chosen,
                                  candidates, chosen.verification,
                                  grid_coords(chosen.matrix @ np.linalg.inv(verify.to_level), verify.shape))
     methods = {"auto": ("demons", "features"), "none": ()}.get(options.deformation, (options.deformation,))
+    if not deformable:
+        methods = ()
     best = affine_only
     tried = [affine_only]
     d = target.ndim

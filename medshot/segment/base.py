@@ -10,26 +10,26 @@ import numpy as np
 
 @dataclass
 class Prompt:
-    """Prompts for one label, in target pixels.
+    """Prompts for one label, in target pixels (array indices, as everywhere in medshot).
 
     Attributes
     ----------
     label : int
         The label value the resulting mask gets.
-    positive_xy, negative_xy : ndarray, shape (N, 2)
-        Points ``(x, y)`` inside / outside the structure.
-    box_xyxy : ndarray (4,) or None
-        ``(x0, y0, x1, y1)`` box around the structure.
-    mask : ndarray (H, W) bool or None
-        Coarse mask (e.g. the template's mask carried to the target).
-    foreground_prob : ndarray (H, W) float or None
+    positive, negative : ndarray, shape (N, ndim)
+        Points inside / outside the structure.
+    box : ndarray (2 ndim,) or None
+        Box around the structure: its first corner then its last (``(row0, col0, row1, col1)`` in 2D).
+    mask : ndarray or None
+        Coarse mask on the image's grid (e.g. the template's mask carried to the target), bool.
+    foreground_prob : ndarray or None
         Optional per-pixel probability of this label from feature similarity.
     """
 
     label: int
-    positive_xy: np.ndarray
-    negative_xy: np.ndarray
-    box_xyxy: np.ndarray | None = None
+    positive: np.ndarray
+    negative: np.ndarray
+    box: np.ndarray | None = None
     mask: np.ndarray | None = None
     foreground_prob: np.ndarray | None = None
 
@@ -55,20 +55,21 @@ class Segmenter(Protocol):
         ...
 
 
-def box_from_points(points_xy: np.ndarray, margin: float = 0.0, shape: tuple[int, int] | None = None) -> np.ndarray:
-    """Bounding box ``(x0, y0, x1, y1)`` of points, grown by ``margin`` times its size."""
-    p = np.asarray(points_xy, dtype=np.float64).reshape(-1, 2)
-    x0, y0 = p.min(axis=0)
-    x1, y1 = p.max(axis=0)
-    mx, my = margin * (x1 - x0 + 1), margin * (y1 - y0 + 1)
-    box = np.array([x0 - mx, y0 - my, x1 + mx, y1 + my])
+def box_from_points(points: np.ndarray, margin: float = 0.0, shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """Bounding box ``(lo..., hi...)`` of points ``(N, ndim)``, grown by ``margin`` times its size."""
+    p = np.asarray(points, dtype=np.float64)
+    lo, hi = p.min(axis=0), p.max(axis=0)
+    grow = margin * (hi - lo + 1)
+    box = np.concatenate([lo - grow, hi + grow])
     if shape is not None:
-        box = np.clip(box, 0, [shape[1] - 1, shape[0] - 1, shape[1] - 1, shape[0] - 1])
+        top = np.array(shape, float) - 1
+        box = np.clip(box, 0, np.concatenate([top, top]))
     return box
 
 
 def box_from_mask(mask: np.ndarray) -> np.ndarray | None:
-    ys, xs = np.nonzero(mask)
-    if len(xs) == 0:
+    """Bounding box ``(lo..., hi...)`` of a mask's pixels, or None when it is empty."""
+    where = np.argwhere(mask)
+    if len(where) == 0:
         return None
-    return np.array([xs.min(), ys.min(), xs.max(), ys.max()], dtype=np.float64)
+    return np.concatenate([where.min(0), where.max(0)]).astype(np.float64)

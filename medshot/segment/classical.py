@@ -20,8 +20,8 @@ import warnings
 import numpy as np
 from scipy import ndimage
 from skimage.segmentation import random_walker
-from skimage.transform import resize
 
+from ..core.geometry import resize_image
 from .base import Prompt, Segmentation, box_from_mask, box_from_points
 
 FALLBACK_SCORE_FACTOR = 0.5  # score of a carried mask kept because the walker failed
@@ -92,14 +92,15 @@ class RandomWalkerSegmenter:
     # ------------------------------------------------------------------------------------------
 
     def _segment_one(self, image: np.ndarray, prompt: Prompt) -> tuple[Segmentation, np.ndarray | None]:
-        H, W = image.shape
+        shape = np.array(image.shape)
+        d = image.ndim
         coarse = None if prompt.mask is None else np.asarray(prompt.mask, dtype=bool)
         if coarse is not None and not coarse.any():
             coarse = None
-        pos = np.asarray(prompt.positive_xy, dtype=np.float64).reshape(-1, 2)
-        neg = np.asarray(prompt.negative_xy, dtype=np.float64).reshape(-1, 2)
-        if coarse is None and len(pos) == 0 and prompt.box_xyxy is None:
-            return Segmentation(prompt.label, np.zeros((H, W), bool), 0.0), None
+        pos = np.asarray(prompt.positive, dtype=np.float64).reshape(-1, d)
+        neg = np.asarray(prompt.negative, dtype=np.float64).reshape(-1, d)
+        if coarse is None and len(pos) == 0 and prompt.box is None:
+            return Segmentation(prompt.label, np.zeros(image.shape, bool), 0.0), None
 
         # Region of interest around everything we know about the structure.
         boxes = []
@@ -107,82 +108,73 @@ class RandomWalkerSegmenter:
             boxes.append(box_from_mask(coarse))
         if len(pos):
             boxes.append(box_from_points(pos))
-        if prompt.box_xyxy is not None:
-            boxes.append(np.asarray(prompt.box_xyxy, dtype=np.float64))
+        if prompt.box is not None:
+            boxes.append(np.asarray(prompt.box, dtype=np.float64))
         b = np.array(boxes)
-        x0, y0 = b[:, 0].min(), b[:, 1].min()
-        x1, y1 = b[:, 2].max(), b[:, 3].max()
-        size = max(x1 - x0, y1 - y0) + 1
-        margin = 0.25 * size + 4
-        if coarse is None:
-            margin = 0.5 * size + 6
-        rx0, ry0 = int(max(0, np.floor(x0 - margin))), int(max(0, np.floor(y0 - margin)))
-        rx1, ry1 = int(min(W - 1, np.ceil(x1 + margin))), int(min(H - 1, np.ceil(y1 + margin)))
-        roi = (slice(ry0, ry1 + 1), slice(rx0, rx1 + 1))
-        h, w = ry1 - ry0 + 1, rx1 - rx0 + 1
-        factor = min(1.0, self.max_side / max(h, w))
-        sh, sw = max(4, int(round(h * factor))), max(4, int(round(w * factor)))
-        fy, fx = sh / h, sw / w
+        lo, hi = b[:, :d].min(0), b[:, d:].max(0)
+        size = float((hi - lo).max()) + 1
+        margin = 0.25 * size + 4 if coarse is not None else 0.5 * size + 6
+        r0 = np.maximum(0, np.floor(lo - margin)).astype(int)
+        r1 = np.minimum(shape - 1, np.ceil(hi + margin)).astype(int)
+        roi = tuple(slice(a, b + 1) for a, b in zip(r0, r1))
+        extent = r1 - r0 + 1
+        factor = min(1.0, self.max_side / float(extent.max()))
+        small = tuple(max(4, int(round(n * factor))) for n in extent)
+        f = np.array(small, float) / extent
 
-        sub = resize(image[roi], (sh, sw), order=1, anti_aliasing=factor < 1, preserve_range=True)
-        seeds = np.zeros((sh, sw), dtype=np.int32)
-        yy, xx = np.mgrid[0:sh, 0:sw]
+        sub = resize_image(image[roi], small)
+        seeds = np.zeros(small, dtype=np.int32)
+        grid = np.indices(small).astype(np.float64)
 
         if coarse is not None:
-            c = resize(coarse[roi].astype(np.float32), (sh, sw), order=1, preserve_range=True) > 0.5
+            c = resize_image(coarse[roi].astype(np.float32), small) > 0.5
             dist_in = ndimage.distance_transform_edt(c)
             dist_out = ndimage.distance_transform_edt(~c)
             # The undecided band grows with the structure's size but never beyond its thickness (largest
             # inscribed radius): around a thin structure (a cord) a wide band lets the walker leak.
             thickness = dist_in.max()
-            band = max(self.min_band_px * max(fx, fy), min(self.band * np.sqrt(c.sum() / np.pi), thickness))
+            radius = (c.sum() / np.pi) ** 0.5 if d == 2 else (3 * c.sum() / (4 * np.pi)) ** (1 / 3)
+            band = max(self.min_band_px * f.max(), min(self.band * radius, thickness))
             core = dist_in > band
             if not core.any():
                 core = dist_in >= thickness  # the medial ridge: still an interior seed
             seeds[dist_out > band] = 2
             seeds[core] = 1
-        # Image border of the region is background unless the region touches the image border.
-        border = np.zeros((sh, sw), bool)
-        if ry0 > 0:
-            border[0, :] = True
-        if ry1 < H - 1:
-            border[-1, :] = True
-        if rx0 > 0:
-            border[:, 0] = True
-        if rx1 < W - 1:
-            border[:, -1] = True
+        # The region's faces are background, except where the region touches the image's edge.
+        border = np.zeros(small, bool)
+        for axis in range(d):
+            if r0[axis] > 0:
+                border[(slice(None),) * axis + (0,)] = True
+            if r1[axis] < shape[axis] - 1:
+                border[(slice(None),) * axis + (-1,)] = True
         seeds[border & (seeds == 0)] = 2
-        r = max(self.point_radius * max(fx, fy), 1.0)
-        for x, y in neg:
-            sx, sy = (x - rx0) * fx, (y - ry0) * fy
-            seeds[(yy - sy) ** 2 + (xx - sx) ** 2 <= r * r] = 2
-        for x, y in pos:
-            sx, sy = (x - rx0) * fx, (y - ry0) * fy
-            seeds[(yy - sy) ** 2 + (xx - sx) ** 2 <= r * r] = 1
+        r = max(self.point_radius * f.max(), 1.0)
+        for points, value in ((neg, 2), (pos, 1)):
+            for p in points:
+                at = ((p - r0) * f).reshape((d,) + (1,) * d)
+                seeds[((grid - at) ** 2).sum(0) <= r * r] = value
         if not (seeds == 1).any():
-            return Segmentation(prompt.label, np.zeros((H, W), bool), 0.0), None
+            return Segmentation(prompt.label, np.zeros(image.shape, bool), 0.0), None
         if not (seeds == 2).any():
-            seeds[0, :] = np.where(seeds[0, :] == 0, 2, seeds[0, :])
+            seeds[0] = np.where(seeds[0] == 0, 2, seeds[0])
 
-        data = ndimage.gaussian_filter(sub.astype(np.float64), 0.7)
-        channels = [data]
+        channels = [ndimage.gaussian_filter(sub.astype(np.float64), 0.7)]
         if prompt.foreground_prob is not None:
-            fp = resize(np.asarray(prompt.foreground_prob, np.float32)[roi], (sh, sw), order=1, preserve_range=True)
-            channels.append(fp)
+            channels.append(resize_image(np.asarray(prompt.foreground_prob, np.float32)[roi], small))
         stack = np.stack(channels, axis=-1)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            full = random_walker(stack, seeds, beta=self.beta, mode="bf" if sh * sw <= 40000 else "cg_j",
+            full = random_walker(stack, seeds, beta=self.beta, mode="bf" if seeds.size <= 40000 else "cg_j",
                                  return_full_prob=True, channel_axis=-1, tol=1e-3)
         if full.dtype == bool:
             # The seeds left nothing to decide (a structure carried to a pixel or two, as on real CT
             # slices): scikit-image then hands back the seed masks, one label per *last* axis.
-            prob = full[..., 0].reshape(sh, sw).astype(np.float32)
+            prob = full[..., 0].reshape(small).astype(np.float32)
         else:
             prob = np.nan_to_num(full[0].astype(np.float32), nan=0.0)
-        full_prob = resize(prob, (h, w), order=1, preserve_range=True)
+        full_prob = resize_image(prob, tuple(extent))
         mask_roi = full_prob > 0.5
-        mask_roi = _keep_seeded_components(mask_roi, pos - [rx0, ry0], coarse[roi] if coarse is not None else None)
+        mask_roi = _keep_seeded_components(mask_roi, pos - r0, coarse[roi] if coarse is not None else None)
         mask_roi = ndimage.binary_fill_holes(mask_roi)
         if coarse is not None:
             agreement = 2 * np.sum(mask_roi & coarse[roi]) / max(1, mask_roi.sum() + coarse[roi].sum())
@@ -191,9 +183,9 @@ class RandomWalkerSegmenter:
                 # carried mask is the safer answer.
                 mask_roi = coarse[roi].copy()
                 full_prob = np.where(mask_roi, 0.75, 0.25)
-        mask = np.zeros((H, W), bool)
+        mask = np.zeros(image.shape, bool)
         mask[roi] = mask_roi
-        prob_full = np.zeros((H, W), np.float32)
+        prob_full = np.zeros(image.shape, np.float32)
         prob_full[roi] = full_prob
         undecided = seeds == 0
         confidence = float(np.mean(np.abs(2 * prob[undecided] - 1))) if undecided.any() else 1.0
@@ -201,15 +193,15 @@ class RandomWalkerSegmenter:
         return Segmentation(prompt.label, mask, score), prob_full
 
 
-def _keep_seeded_components(mask: np.ndarray, pos_xy: np.ndarray, coarse: np.ndarray | None) -> np.ndarray:
+def _keep_seeded_components(mask: np.ndarray, positive: np.ndarray, coarse: np.ndarray | None) -> np.ndarray:
     """Drop islands that neither hold a positive point nor overlap the coarse mask's largest part."""
     lab, n = ndimage.label(mask)
     if n <= 1:
         return mask
     keep = set()
-    for x, y in np.round(pos_xy).astype(int):
-        if 0 <= y < mask.shape[0] and 0 <= x < mask.shape[1] and lab[y, x] > 0:
-            keep.add(lab[y, x])
+    for p in np.round(positive).astype(int):
+        if np.all((p >= 0) & (p < np.array(mask.shape))) and lab[tuple(p)] > 0:
+            keep.add(int(lab[tuple(p)]))
     if coarse is not None and coarse.any():
         overlap = np.bincount(lab[coarse], minlength=n + 1)
         overlap[0] = 0

@@ -98,8 +98,9 @@ class SamSegmenter:
         coarse = None if prompt.mask is None else np.asarray(prompt.mask, bool)
         if coarse is not None and not coarse.any():
             coarse = None
-        pos = np.asarray(prompt.positive_xy, np.float64).reshape(-1, 2)
-        neg = np.asarray(prompt.negative_xy, np.float64).reshape(-1, 2)
+        # SAM takes points as (x, y) = (column, row): medshot's array order reversed.
+        pos = np.asarray(prompt.positive, np.float64).reshape(-1, 2)[:, ::-1]
+        neg = np.asarray(prompt.negative, np.float64).reshape(-1, 2)[:, ::-1]
         if len(pos) == 0 and coarse is not None:
             pos = _interior_point(coarse)[None]
         box = self._box(prompt, coarse, pos, (H, W)) if self.use_box else None
@@ -123,12 +124,12 @@ class SamSegmenter:
     def _box(self, prompt: Prompt, coarse, pos: np.ndarray, shape) -> np.ndarray | None:
         candidates = []
         if self.box_source in ("auto", "mask") and coarse is not None:
-            candidates.append(box_from_mask(coarse))
+            candidates.append(_xyxy(box_from_mask(coarse)))
         if self.box_source in ("auto", "points"):
-            if prompt.box_xyxy is not None:
-                candidates.append(np.asarray(prompt.box_xyxy, np.float64))
+            if prompt.box is not None:
+                candidates.append(_xyxy(np.asarray(prompt.box, np.float64)))
             if len(pos) >= 2:
-                candidates.append(box_from_points(pos, 0.1, shape))
+                candidates.append(box_from_points(pos, 0.1, tuple(shape)[::-1]))  # pos is (x, y) already
         for box in candidates:
             # A box around a single point says nothing about extent and SAM reads it as a tiny object.
             if box is not None and box[2] - box[0] >= 1 and box[3] - box[1] >= 1:
@@ -169,6 +170,11 @@ class SamSegmenter:
         dec.best = int(np.argmax(scores))
         dec.choice = float(scores[dec.best])
         return dec
+
+
+def _xyxy(box: np.ndarray | None) -> np.ndarray | None:
+    """A medshot box ``(row0, col0, row1, col1)`` as SAM's ``(x0, y0, x1, y1)``."""
+    return None if box is None else np.asarray(box, np.float64)[[1, 0, 3, 2]]
 
 
 def _interior_point(mask: np.ndarray) -> np.ndarray:
