@@ -145,7 +145,7 @@ def test_csv_manifest(dataset, tmp_path):
     ds = discover_dataset(tmp_path)  # a folder holding manifest.csv
     assert ds.names == ["a", "c"]
     assert ds.case("a").spacing_yx == (0.8, 0.9) and ds.case("c").spacing_yx is None
-    assert [(lm.name, lm.x, lm.y) for lm in ds.case("a").landmarks] == [("p", 1.0, 2.0)]
+    assert [(lm.name, *lm.point) for lm in ds.case("a").landmarks] == [("p", 2.0, 1.0)]  # (row, col) = (y, x)
     assert [lm.name for lm in ds.case("c").landmarks] == ["p", "q"]
     assert ds.case("a").labels == (1, 2) and ds.has_masks and ds.has_landmarks
 

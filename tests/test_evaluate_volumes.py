@@ -15,10 +15,10 @@ from medshot.cli import main
 from medshot.evaluation.cases import Case
 from medshot.evaluation.dataset import discover_dataset
 from medshot.evaluation.metrics import dice
-from medshot.evaluation.runners import Prediction
+from medshot.evaluation.runner import Prediction
 from medshot.evaluation.scoring import score_case
 from medshot.evaluation.store import CASES_HEADER_3D
-from medshot.volume.synthetic3d import (
+from medshot.synthetic3d import (
     LANDMARK_NAMES_3D,
     Phantom3D,
     Warp3D,
@@ -93,7 +93,7 @@ def test_discovery_reads_volumes_in_their_own_axis_order(volumes):
     aff = grid_affine(*CASES["b"][:2], axcodes="LPS")
     np.testing.assert_allclose(b.affine, aff)
     expected = landmarks_voxel(Phantom3D(60.0, seed=1), aff, CASES["b"][3])
-    np.testing.assert_allclose([lm.ijk for lm in b.landmarks], expected, atol=1e-4)
+    np.testing.assert_allclose([lm.point for lm in b.landmarks], expected, atol=1e-4)
 
 
 def test_manifest_with_mm_landmarks_and_spacing(volumes, tmp_path):
@@ -107,7 +107,7 @@ def test_manifest_with_mm_landmarks_and_spacing(volumes, tmp_path):
     (tmp_path / "m.json").write_text(json.dumps(spec))
     ds = discover_dataset(tmp_path / "m.json")
     assert ds.kind == "3d" and not ds.has_masks and ds.has_landmarks
-    np.testing.assert_allclose(ds.case("b").landmarks[0].ijk, ijk[0], atol=1e-9)
+    np.testing.assert_allclose(ds.case("b").landmarks[0].point, ijk[0], atol=1e-9)
     assert ds.case("b").spacing == (2.0, 2.0, 2.0)
     np.testing.assert_allclose(ds.case("a").spacing, (1.8, 1.8, 2.4))
 
@@ -161,13 +161,13 @@ def test_scoring_a_volume_in_mm_with_anisotropic_spacing():
 def test_volume_run_rows_and_report(run, volumes):
     rows = read_rows(run / "cases.csv")
     assert tuple(rows[0]) == CASES_HEADER_3D
-    assert {r["method"] for r in rows} == {"medshot:classical/classical", "affine"}
-    assert len(rows) == 2 * 2 * (2 + 4)  # targets b, c x 2 methods x (2 labels + 4 landmarks)
+    assert {r["method"] for r in rows} == {"medshot:classical/classical", "identity", "affine"}
+    assert len(rows) == 2 * 3 * (2 + 4)  # targets b, c x 3 methods x (2 labels + 4 landmarks)
     same = [r for r in rows if r["target"] == "c"]  # an exact copy of the template
     assert all(float(r["dice"]) > 0.9 for r in same if r["kind"] == "label")
     assert all(float(r["distance_px"]) < 1.5 for r in same if r["kind"] == "landmark")
     methods = {r["method"]: r for r in read_rows(run / "methods.csv")}
-    assert methods["baseline identity"]["status"] == "skipped" and "2D only" in methods["baseline identity"]["reason"]
+    assert methods["identity"]["status"] == "run"  # one baseline builder for images and volumes
     assert methods["segmenter sam_vit_b"]["status"] == "skipped"
     for name in ("summary.csv", "by_template.csv", "timing.csv", "box_dice.png", "box_ned.png", "overlays.png"):
         assert (run / name).is_file(), name
@@ -229,7 +229,6 @@ def test_the_evaluation_never_imports_the_command_line():
     import subprocess
     import sys
 
-    code = ("import sys, medshot.evaluation.run, medshot.evaluation.report, medshot.evaluation.runners.image2d, "
-            "medshot.evaluation.runners.volume3d; sys.exit(any(m.startswith('medshot.cli') or "
-            "m.startswith('medshot.volume.cli') for m in sys.modules))")
+    code = ("import sys, medshot.evaluation.run, medshot.evaluation.report, medshot.evaluation.runner; "
+            "sys.exit(any(m.startswith('medshot.cli') for m in sys.modules))")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0

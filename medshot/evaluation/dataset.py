@@ -21,11 +21,12 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..annotations import read_label_names
-from ..errors import MedshotError
-from ..io import IMAGE_SUFFIXES, is_image_path, path_stem
+from ..core.errors import MedshotError
+from ..data.annotations import read_label_names
+from ..data.image import path_stem
+from ..data.read import IMAGE_SUFFIXES, is_image_path
 from .cases import Dataset, Entry
-from .runners import runner_for
+from .runner import runner_for
 
 MANIFEST_NAMES = ("manifest.csv", "manifest.json")
 MASK_FOLDERS = ("masks", "labels")
@@ -75,7 +76,7 @@ def discover_dataset(path: str | Path) -> Dataset:
 
 
 def _list_images(folder: Path) -> list[Path]:
-    from ..volume.io3d import is_dicom_series_dir
+    from ..data.dicom import is_dicom_series_dir
 
     found = sorted(q for q in folder.iterdir()
                    if is_image_path(q) or (q.is_dir() and not q.name.startswith(".") and is_dicom_series_dir(q)))
@@ -86,7 +87,7 @@ def _list_images(folder: Path) -> list[Path]:
 
 def _kind_of(images: Sequence[Path], where: Path) -> str:
     """``"3d"`` when the images are volumes, ``"2d"`` when they are images; an error when both."""
-    from ..volume.io3d import is_volume_path
+    from ..data.read import is_volume_path
 
     volume = [is_volume_path(p) for p in images]
     if any(volume) and not all(volume):

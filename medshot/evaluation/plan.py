@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import MedshotError
+from ..core.errors import MedshotError
 from .cases import Dataset
-from .runners import Runner, runner_for
+from .runner import Runner, runner_for
 
 TEMPLATE_CHOICES = ("spread", "first")
 SPLITS = ("all", "tune", "report")
@@ -105,8 +105,8 @@ def resolve_methods(backbones: Sequence[str], segmenters: Sequence[str], baselin
 
     ``"all"`` in ``backbones`` or ``segmenters`` asks for every registered one (segmenters: every
     one the data kind offers). Without masks the segmenter plays no part and medshot methods are
-    named by backbone only. A baseline that exists for the other kind of data only is skipped;
-    one known to neither is an error.
+    named by backbone only. An unknown baseline is an error; one that cannot run here (ANTs not
+    installed) is skipped.
 
     Parameters
     ----------
@@ -143,9 +143,8 @@ def resolve_methods(backbones: Sequence[str], segmenters: Sequence[str], baselin
                 skipped.append(Skipped(name, "segmenter", why))
     methods = [Method(f"medshot:{b}/{s}" if has_masks else f"medshot:{b}", b, s)
                for b in ready_backbones for s in ready_segmenters]
-    known = dict.fromkeys([*runner_for("2d").baseline_names(), *runner_for("3d").baseline_names()])
     for name in baselines:
-        if name not in known:
+        if name not in runner.baseline_names():
             raise MedshotError(f"unknown baseline '{name}'; known: {', '.join(runner.baseline_names())} (or 'none')")
         ok, why = runner.baseline_status(name)
         if ok:

@@ -20,13 +20,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import MedshotError
-from ..io import atomic_path, write_text_atomic
+from ..core.errors import MedshotError
+from ..data.write import atomic_path, write_text_atomic
 from .cases import Dataset
 from .dataset import discover_dataset
 from .memory import MemoryProbe
 from .plan import Method, Skipped, parse_list, plan_cases, resolve_methods, select_templates, split_cases
-from .runners import Runner, runner_for
+from .runner import Runner, runner_for
 from .scoring import score_case
 from .store import append_case, case_key, case_lines, cases_header, read_cases, write_cases
 

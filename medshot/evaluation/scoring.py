@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import MedshotError
+from ..core.errors import MedshotError
 from .cases import Case
 from .metrics import dice, hd95, normalized_distance, point_distance
-from .runners import Prediction
+from .runner import Prediction
 
 
 def score_case(prediction: Prediction, template_labels: dict[int, str], target: Case, truth: np.ndarray | None,

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import MedshotError
-from ..io import atomic_path, write_csv
+from ..core.errors import MedshotError
+from ..data.write import atomic_path, write_csv
 
 _HEAD = ("template", "target", "method", "kind", "item", "item_name", "in_truth", "dice", "hd95_px", "hd95_mm",
          "ned", "distance_px", "distance_mm")

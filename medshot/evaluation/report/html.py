@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ...io import OutputSet, write_csv
+from ...data.write import OutputSet, write_csv
 from .context import ReportContext
 from .plots import TABLE_HEADER, fmt, plot_box, plot_overlays, plot_table, plot_templates, table_rows
 from .stats import (
