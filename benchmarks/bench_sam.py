@@ -81,16 +81,16 @@ class _Timer:
 
 def target_case(size: int):
     """A phantom image and its per-label prompts, as OneShot would hand them to the segmenter."""
+    from medshot.core.labels import sample_prompts
     from medshot.segment import Prompt
     from medshot.synthetic import make_phantom
-    from medshot.template import sample_prompts
 
     case = make_phantom((size, size))
     prompts = []
     for label in (1, 2):
         region = case.mask == label
-        p = sample_prompts(region, label, 5, 4)
-        prompts.append(Prompt(label, p.positive, p.negative, mask=region))
+        positive, negative = sample_prompts(region, 5, 4)
+        prompts.append(Prompt(label, positive, negative, mask=region))
     return case.image, prompts
 
 

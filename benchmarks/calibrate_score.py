@@ -2,7 +2,7 @@
 
 Runs the default method leave-one-out on the tune half of every 2D task (every tune-half case the
 template in turn, the other tune-half cases targets), records each label's and landmark's
-evidence (:mod:`medshot.evidence`) with its true Dice or distance, fits an L2-penalised logistic
+evidence (:mod:`medshot.pipeline.evidence`) with its true Dice or distance, fits an L2-penalised logistic
 regression per kind (label: Dice >= 0.5; landmark: distance <= 2 % of the diagonal) with tasks
 weighted equally, and prints the model as Python to paste into ``medshot/confidence.py`` together
 with its ROC AUC on the tune half. The report half is never read: its AUC comes from
@@ -29,7 +29,7 @@ import medshot
 from medshot.evaluation.dataset import discover_dataset
 from medshot.evaluation.metrics import dice, normalized_distance
 from medshot.evaluation.plan import split_cases
-from medshot.evaluation.runners.image2d import make_template
+from medshot.evaluation.runner import Runner, make_template
 from medshot.pipeline.confidence import (
     LABEL_FEATURES,
     LANDMARK_FEATURES,
@@ -38,7 +38,6 @@ from medshot.pipeline.confidence import (
     features,
     fit_logistic,
 )
-from medshot.io import load_label_map
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from evaldata_2d import DEFAULT_DATA, TASKS, roc_auc  # noqa: E402
@@ -83,8 +82,8 @@ def collect(task: str, data: Path, cache: dict, tasks: list[str]) -> None:
 def _rows(result, dataset, target) -> list[dict]:
     """One row per label and landmark: its evidence and whether it is right (``target`` None: nothing is)."""
     rows = []
-    truth = load_label_map(target.mask, target.shape) if target is not None and dataset.has_masks else None
-    true = {lm.name: (lm.x, lm.y) for lm in target.landmarks} if target is not None else {}
+    truth = Runner("2d").truth(target) if target is not None and dataset.has_masks else None
+    true = {lm.name: lm.point for lm in target.landmarks} if target is not None else {}
     for key, e in result.evidence.items():
         if isinstance(e, LabelEvidence):
             ok = truth is not None and dice(result.label_map == key, truth == key) >= 0.5
@@ -92,7 +91,7 @@ def _rows(result, dataset, target) -> list[dict]:
     for lm in result.landmarks:
         e = result.evidence.get(lm.name)
         if isinstance(e, LandmarkEvidence):
-            ok = lm.name in true and float(normalized_distance(np.array([lm.x, lm.y]), np.array(true[lm.name]),
+            ok = lm.name in true and float(normalized_distance(lm.point, np.array(true[lm.name]),
                                                                target.shape)) <= LANDMARK_BAR
             rows.append({"kind": "landmark", "ok": bool(ok), **features(e)})
     return rows

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medshot.errors import MedshotError
+from medshot import MedshotError
 from medshot.evaluation.plan import parse_list
 from medshot.evaluation.run import EvaluationConfig, run_evaluation
 

@@ -29,8 +29,9 @@ def make_large_case(folder: Path, shape=(512, 512, 300), spacing=(0.7, 0.7, 1.0)
     """Write a synthetic CT-sized template (with labels + landmarks) and target as int16 HU NIfTI."""
     import nibabel as nib
 
-    from medshot.volume.synthetic3d import Phantom3D, Warp3D, grid_affine, landmarks_voxel, sample_phantom
-    from medshot.volume.template3d import Landmark3D, VolumeTemplate
+    from medshot.data.annotations import Landmark
+    from medshot.data.template import Template
+    from medshot.synthetic3d import Phantom3D, Warp3D, grid_affine, landmarks_voxel, sample_phantom
 
     ph = Phantom3D(size=300.0, seed=3)
     t_aff = grid_affine(shape, spacing)
@@ -43,9 +44,10 @@ def make_large_case(folder: Path, shape=(512, 512, 300), spacing=(0.7, 0.7, 1.0)
     img, _ = sample_phantom(ph, shape, s_aff, warp, dtype=np.int16, scale=1400.0, offset=-1000.0, labels=False)
     nib.save(nib.Nifti1Image(img, s_aff), folder / "target.nii.gz")
     del img
-    template = VolumeTemplate(folder / "template.nii.gz", folder / "template_labels.nii.gz", window=(-1000, 400))
+    template = Template(folder / "template.nii.gz", folder / "template_labels.nii.gz", window=(-1000, 400))
     template.labels = {1: "organ 1", 2: "organ 2"}
-    template.landmarks = [Landmark3D(n, p) for n, p in zip("abcd", landmarks_voxel(ph, t_aff))]
+    points = template.image.source_to_index(landmarks_voxel(ph, t_aff))  # the file's voxels -> array indices
+    template.landmarks = [Landmark(n, p) for n, p in zip("abcd", points)]
     template.save(folder / "template.json")
     return folder / "template.json", folder / "target.nii.gz"
 

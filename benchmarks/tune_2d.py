@@ -28,8 +28,7 @@ import medshot
 from medshot.evaluation.dataset import discover_dataset
 from medshot.evaluation.metrics import dice, normalized_distance
 from medshot.evaluation.plan import split_cases
-from medshot.evaluation.runners.image2d import make_template
-from medshot.io import load_label_map
+from medshot.evaluation.runner import Runner, make_template
 from medshot.match import CorrespondOptions
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -94,10 +93,10 @@ def run_variant(name: str, task: str, data: Path, cache: dict) -> dict[str, floa
                 result = shot.run(target.image, landmarks=dataset.has_landmarks, masks=dataset.has_masks)
                 record = {"seconds": time.perf_counter() - start, "chosen": result.correspondence}
                 if dataset.has_masks:
-                    record["dice"] = target_dice(result.label_map, load_label_map(target.mask, target.shape))
+                    record["dice"] = target_dice(result.label_map, Runner("2d").truth(target))
                 if dataset.has_landmarks:
-                    truth = {lm.name: (lm.x, lm.y) for lm in target.landmarks}
-                    pred = np.array([[lm.x, lm.y] for lm in result.landmarks])
+                    truth = {lm.name: lm.point for lm in target.landmarks}
+                    pred = result.landmark_points
                     true = np.array([truth[lm.name] for lm in result.landmarks])
                     record["ned"] = float(np.median(normalized_distance(pred, true, target.shape)))
                 cache[f"{name}|{task}|{t_name}|{g_name}"] = record

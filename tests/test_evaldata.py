@@ -7,22 +7,23 @@ import numpy as np
 from conftest import evaldata_task
 
 import medshot
+from medshot.data.annotations import read_landmarks
+from medshot.data.read import read_image, read_label_map
+from medshot.evaluation.baselines import run_baseline
 from medshot.evaluation.metrics import dice, normalized_distance
-from medshot.io import load_label_map
-from medshot.template import read_landmarks_csv
 
 
 def test_cephalometric_landmarks_within_clinical_bar():
     task = evaldata_task("xray_ceph_landmarks_hamedan")
     images = sorted((task / "images").glob("*.png"))
-    template = medshot.Template.build(images[0], landmarks_csv=task / "landmarks.csv")
+    template = medshot.Template.build(images[0], landmarks_file=task / "landmarks.csv")
     shot = medshot.OneShot(template)
     errors = []
     for image in images[1:3]:
         result = shot.localize(image)
-        truth = read_landmarks_csv(task / "landmarks.csv", image.name)
+        truth = read_landmarks(task / "landmarks.csv", result.image, image.name)
         assert [lm.name for lm in result.landmarks] == [lm.name for lm in truth]
-        errors.append(normalized_distance(result.landmarks_xy, np.array([[t.x, t.y] for t in truth]),
+        errors.append(normalized_distance(result.landmark_points, np.array([t.point for t in truth]),
                                           result.image.shape))
     errors = np.concatenate(errors)
     assert np.median(errors) < 0.03, np.median(errors)
@@ -36,8 +37,8 @@ def test_hippocampus_slices_beat_copying_the_template_mask():
     shot = medshot.OneShot(template)
     ours, copied = [], []
     for image in images[1:4]:
-        truth = load_label_map(task / "masks" / image.name)
-        for result, scores in ((shot.segment(image), ours), (shot.run(image, landmarks=False, baseline="identity"),
+        truth = read_label_map(task / "masks" / image.name, read_image(image))[0]
+        for result, scores in ((shot.segment(image), ours), (run_baseline(shot, image, "identity", landmarks=False),
                                                              copied)):
             assert result.label_map.shape == truth.shape
             scores.append(np.mean([dice(result.label_map == k, truth == k) for k in (1, 2)]))

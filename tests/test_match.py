@@ -7,8 +7,6 @@ import pytest
 from scipy import fft as sfft
 from scipy import ndimage
 
-from medshot.features.classical import classical_features
-from medshot.match.correspond import invert_field
 from medshot.core.geometry import (
     apply_affine,
     fft_size,
@@ -18,6 +16,8 @@ from medshot.core.geometry import (
     scale_matrix,
     warp_channels,
 )
+from medshot.features.classical import classical_features
+from medshot.match.correspond import invert_field
 from medshot.match.refine import fit_affine, plausible
 from medshot.match.search import SearchOptions, _overlap, build_bank, search
 from medshot.match.verify import Verifier

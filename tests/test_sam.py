@@ -133,7 +133,8 @@ def test_prompts_reach_prompt_encoder_in_sam_frame(tiny_dir):
     neg = np.array([[200.0, 150.0]])
     box = np.array([5.0, 6.0, 170.0, 80.0])
     coarse = _disk((H, W), 70, 45, 30)
-    seg.segment(_image((H, W)), [Prompt(3, pos, neg, box_xyxy=box, mask=coarse)])
+    # medshot's prompts are array order (row, column); SAM's are (x, y)
+    seg.segment(_image((H, W)), [Prompt(3, pos[:, ::-1], neg[:, ::-1], box=box[[1, 0, 3, 2]], mask=coarse)])
     assert len(seen) == 1
     kw = seen[0]
     # Longest side 224 -> 128 (the tiny model's 1024): W' = 128, H' = round(192 * 128 / 224) = 110.
@@ -175,8 +176,8 @@ def test_box_from_coarse_mask_by_default_and_no_prompt_no_mask(tiny_dir):
 def test_masks_have_target_shape_and_scores_in_range(tiny_dir):
     seg = get_segmenter("sam_vit_b", weights=str(tiny_dir), iterate=True)
     H, W = 150, 97
-    prompts = [Prompt(1, np.array([[30.0, 40.0]]), np.array([[80.0, 140.0]]), mask=_disk((H, W), 30, 40, 15)),
-               Prompt(2, np.array([[70.0, 100.0], [60.0, 110.0]]), np.zeros((0, 2)))]
+    prompts = [Prompt(1, np.array([[40.0, 30.0]]), np.array([[140.0, 80.0]]), mask=_disk((H, W), 30, 40, 15)),
+               Prompt(2, np.array([[100.0, 70.0], [110.0, 60.0]]), np.zeros((0, 2)))]
     segs = seg.segment(_image((H, W)), prompts)
     assert [s.label for s in segs] == [1, 2]
     for s in segs:
@@ -257,7 +258,7 @@ def test_backbone_and_segmenter_share_model_and_encoder_pass(tiny_dir):
 def test_oneshot_runs_one_encoder_pass_per_target(tiny_dir, template_files, phantom):
     from medshot.pipeline import OneShot
     from medshot.synthetic import random_warp
-    from medshot.template import Template
+    from medshot.data.template import Template
 
     image_path, mask_path, _ = template_files
     template = Template.build(image_path, mask_path)

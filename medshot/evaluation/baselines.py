@@ -9,6 +9,8 @@ axis); coordinates are array order. The SimpleITK builders are medshot's own
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 
 from ..core.geometry import grid_coords, scale_matrix
@@ -55,6 +57,17 @@ def register(template: np.ndarray, target: np.ndarray, method: str = "bspline",
         return _register_syn(template, target)
     with single_threaded():
         return _register(template, target, method, mesh_size, seed)
+
+
+def run_baseline(shot, target, method: str, landmarks: bool = True, masks: bool = True):
+    """A template's annotations carried to ``target`` by a baseline registration instead of medshot's.
+
+    ``shot`` is a :class:`medshot.pipeline.OneShot`; the registration runs on the grids medshot
+    matches on and the annotations are carried exactly as medshot carries them, with no landmark
+    re-matching, segmenter or scores. Returns a :class:`medshot.pipeline.TargetResult`.
+    """
+    stage, prepared, corr = shot.baseline_correspondence(target, partial(register, method=method))
+    return shot.carry(stage, prepared, corr, landmarks, masks, refine=False)
 
 
 def _register(template: np.ndarray, target: np.ndarray, method: str, mesh_size: int,

@@ -11,7 +11,7 @@ A volume dataset may instead hold one ``*landmarks*.csv`` or ``*centroids*.csv``
 ``volumes/label_centroids_voxel.csv`` of the evaldata) with voxel ``i,j,k`` or world
 ``x_mm,y_mm,z_mm`` columns and an ``id``/``image`` column. Whether a dataset is 2D or 3D is read
 from its images (a 3D NIfTI or a DICOM series folder is a volume); a dataset holds one kind. How
-each case is read and checked is the kind's runner's job (:mod:`medshot.evaluation.runners`).
+each case is read and checked is the kind's runner's job (:mod:`medshot.evaluation.runner`).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ x method x label (or landmark) is appended to ``cases.csv`` as soon as a case fi
 skips the cases already there. ``summary.csv``, the plots and ``report.html`` are then made from
 ``cases.csv`` alone (:mod:`medshot.evaluation.report`), so a resumed run reports exactly what an
 uninterrupted one does. What differs between images and volumes is the data kind's runner
-(:mod:`medshot.evaluation.runners`).
+(:mod:`medshot.evaluation.runner`).
 """
 
 from __future__ import annotations

@@ -10,7 +10,6 @@ units (:attr:`Runner.point_columns`, :attr:`Runner.element`) and how a predictio
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,7 @@ from ..data.image import Image, path_stem
 from ..data.read import read_image, read_label_map
 from ..data.template import Template
 from ..data.write import label_map_bytes, png_bytes
-from .baselines import BASELINES, baseline_status, register
+from .baselines import BASELINES, baseline_status, run_baseline
 from .cases import Case, Entry
 
 KINDS = ("2d", "3d")
@@ -162,8 +161,7 @@ class Runner:
         if baseline is None:
             result = shot.run(target.image, landmarks=landmarks, masks=masks)
         else:
-            stage, prepared, corr = shot.baseline_correspondence(target.image, partial(register, method=baseline))
-            result = shot.carry(stage, prepared, corr, landmarks, masks, refine=False)
+            result = run_baseline(shot, target.image, baseline, landmarks, masks)
         image = result.image
         label_map = None if result.label_map is None else image.to_source_array(result.label_map)
         return Prediction(label_map, dict(result.scores),

@@ -12,7 +12,7 @@ The :class:`Correspondence` keeps every candidate's verification: how much the c
 is part of how confident the result is.
 
 Written once for images of any dimension; coordinates are array order on the two working grids
-(see :mod:`medshot.match.geometry`).
+(see :mod:`medshot.core.geometry`).
 """
 
 from __future__ import annotations

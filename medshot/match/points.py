@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from ..features.base import FeatureMap, l2_normalize
+from ..core.feature_map import FeatureMap
+from ..core.geometry import l2_normalize
 
 
 @dataclass

@@ -5,7 +5,7 @@ through the current placement and described again there, so a structure turned b
 compared with descriptors turned with it (descriptors are not rotation-invariant); what is left
 to find is a small residual motion.
 
-Written for any dimension; coordinates are array order (see :mod:`medshot.match.geometry`).
+Written for any dimension; coordinates are array order (see :mod:`medshot.core.geometry`).
 """
 
 from __future__ import annotations
@@ -17,8 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from ..features.base import l2_normalize
-from ..core.geometry import grid_coords, inside, level_shape, resample_field, scale_matrix, warp_channels
+from ..core.geometry import grid_coords, inside, l2_normalize, level_shape, resample_field, scale_matrix, warp_channels
 
 # image (m, n[, p]) in [0, 1] -> (C, m, n[, p]) unit descriptors on the same grid
 DescribeDense = Callable[[np.ndarray], np.ndarray]

@@ -14,7 +14,7 @@ Template pixels are weighted by how informative their descriptors are, so flat r
 the black outside an ultrasound fan, padding) cannot carry a match.
 
 Written once for images of any dimension; coordinates are array order (see
-:mod:`medshot.match.geometry`).
+:mod:`medshot.core.geometry`).
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ import numpy as np
 from scipy import fft as sfft
 from scipy import ndimage
 
-from . import rotations
 from ..core.geometry import apply_affine, fft_size, grid_coords, informativeness, inside, pca_basis, project
+from . import rotations
 
 # (image at working resolution, coarse shape) -> (C, *coarse shape) descriptors
 Describe = Callable[[np.ndarray, tuple[int, ...]], np.ndarray]

@@ -10,7 +10,7 @@ modalities), and every candidate is scored on the same template pixels. Template
 partner falls outside the target's field of view count as missing: the score is multiplied by
 the square root of the fraction that is present.
 
-Written for any dimension; coordinates are array order (see :mod:`medshot.match.geometry`).
+Written for any dimension; coordinates are array order (see :mod:`medshot.core.geometry`).
 """
 
 from __future__ import annotations

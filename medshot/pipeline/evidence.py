@@ -1,4 +1,4 @@
-"""The measurements behind each label's score and each landmark's confidence (see :mod:`medshot.confidence`).
+"""The measurements behind each label's score and each landmark's confidence (see :mod:`medshot.pipeline.confidence`).
 
 Built once per template (one small verifier per label and per landmark), then asked about every
 target's correspondence and results. Written for any dimension; points are array indices on the

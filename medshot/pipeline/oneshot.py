@@ -81,8 +81,9 @@ class OneShot:
     options : CorrespondOptions, optional
         Pose search, refinement, verification and deformation settings (defaults per dimension).
     refine_landmarks : bool, optional
-        Re-match each landmark's descriptors locally after the dense correspondence (default: 2D yes,
-        volumes no).
+        Move each landmark to where its descriptors re-match locally after the dense correspondence
+        (default: 2D yes, volumes no). The re-matching runs either way: how distinct and mutual its
+        peak is goes into the landmark's confidence.
     window : (low, high), optional
         Intensity window (e.g. CT HU) instead of robust percentiles; defaults to the template's.
     reduced_dims : int, optional
@@ -291,7 +292,7 @@ class OneShot:
         """
         result = TargetResult(prepared.image, correspondence_score=corr.score, correspondence=corr.chosen.name)
         if landmarks and self.template.landmarks:
-            result.landmarks, evidence = self._landmarks(stage, prepared, corr, refine and self.refine_landmarks)
+            result.landmarks, evidence = self._landmarks(stage, prepared, corr, refine)
             result.evidence.update(evidence)
         if masks and (self.template.prompts or self.template.mask is not None):
             result.label_map, result.scores, evidence = self._masks(stage, prepared, corr, refine)
@@ -316,14 +317,16 @@ class OneShot:
                 target_map = _unit_map(prepared.features)
             m = match_points(source, target_map, query, initial=carried, radius=self.search_radius * diag,
                              prior_sigma=self.prior_sigma * diag, patch_radius=self.patch_radius)
-            found, peak, mutual = m.points, m.confidence, m.mutual
-            moved = np.linalg.norm(found - carried, axis=1) / (self.search_radius * diag)
+            # Re-matching is evidence for the confidence even where the carried point is kept (volumes).
+            peak, mutual = m.confidence, m.mutual
+            moved = np.linalg.norm(m.points - carried, axis=1) / (self.search_radius * diag)
+            found = m.points if self.refine_landmarks else carried
             evidence = stage.evidence.for_landmarks(prepared.work, corr, peak, mutual, moved)
             conf = [landmark_confidence(e) for e in evidence]
         else:
             found, conf, mutual = carried, np.full(len(carried), np.nan), np.ones(len(carried), bool)
         points = apply_affine(prepared.grid.from_work, found)
-        if refine and self._fine is not None:
+        if refine and self.refine_landmarks and self._fine is not None:
             step = max(prepared.image.shape) / max(prepared.work.shape)
             image_matrix = prepared.grid.from_work @ corr.matrix @ stage.grid.to_work
             if step > FINE_STEP and _upright(image_matrix):

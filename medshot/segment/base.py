@@ -47,7 +47,9 @@ class Segmenter(Protocol):
     name: str
 
     def segment(self, image: np.ndarray, prompts: list[Prompt]) -> list[Segmentation]:
-        """Segment every prompt's structure in ``image`` ((H, W) float in [0, 1]).
+        """Segment every prompt's structure in ``image`` (grayscale ``(M, N[, P])`` float in [0, 1]).
+
+        A segmenter that only handles 2D images says so with a :class:`MedshotError`.
 
         All prompts of one image are handled in one call, so an expensive image encoding is
         computed once per target.

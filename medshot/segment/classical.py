@@ -73,9 +73,7 @@ class RandomWalkerSegmenter:
         self.min_agreement = min_agreement
 
     def segment(self, image: np.ndarray, prompts: list[Prompt]) -> list[Segmentation]:
-        image = np.asarray(image, dtype=np.float32)
-        if image.ndim == 3:
-            image = image.mean(axis=2)
+        image = np.asarray(image, dtype=np.float32)  # (M, N) image or (M, N, P) volume, grayscale
         results = [self._segment_safely(image, p) for p in prompts]
         return _resolve_overlaps(results)
 

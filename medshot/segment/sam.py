@@ -87,6 +87,8 @@ class SamSegmenter:
     def segment(self, image: np.ndarray, prompts: list[Prompt]) -> list[Segmentation]:
         """Masks for every prompt's label in ``image`` ((H, W) float in [0, 1]), one encoder pass in all."""
         image = np.asarray(image, np.float32)
+        if image.ndim != 2:
+            raise MedshotError(f"{self.name} segments 2D images; volumes take the classical or randomwalker segmenter")
         embedding, frame = self.sam.embed(image)
         results = [self._segment_one(embedding, frame, p) for p in prompts]
         return _resolve_overlaps(results)
