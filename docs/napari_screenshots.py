@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medshot.io import save_png, write_csv
+from medshot.data.write import save_png, write_csv
 from medshot.synthetic import LANDMARK_NAMES, make_phantom, random_warp
 
 DOCS = Path(__file__).resolve().parent

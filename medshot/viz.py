@@ -1,9 +1,16 @@
-"""Pictures: label maps and landmarks drawn over the image (RGB uint8 arrays)."""
+"""Pictures: label maps and landmarks drawn over an image (RGB uint8 arrays).
+
+:func:`overlay` draws on a 2D image; :func:`structure_overlay` shows one structure of a volume in
+three orthogonal planes through its centroid. Points are array indices ``(row, col)``, as
+everywhere in medshot.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage
+
+from .core.intensity import apply_range, intensity_range
 
 # Distinct, colour-blind-friendly colours (Okabe-Ito first, then tab10-like).
 PALETTE = np.array([
@@ -16,11 +23,23 @@ def label_color(label: int) -> np.ndarray:
     return PALETTE[(int(label) - 1) % len(PALETTE)]
 
 
-def overlay(image: np.ndarray, label_map: np.ndarray | None = None, landmarks_xy: np.ndarray | None = None,
-            truth_xy: np.ndarray | None = None, alpha: float = 0.35, max_side: int | None = 1024) -> np.ndarray:
-    """Gray image (values in [0, 1]) with filled, outlined labels and landmark crosses.
+def overlay(image: np.ndarray, label_map: np.ndarray | None = None, points: np.ndarray | None = None,
+            truth: np.ndarray | None = None, alpha: float = 0.35, max_side: int | None = 1024) -> np.ndarray:
+    """Gray image with filled, outlined labels and landmark crosses, as RGB uint8.
 
-    ``truth_xy`` (if given) is drawn as small green circles with a line to each prediction.
+    Parameters
+    ----------
+    image : ndarray (H, W)
+        Intensities in [0, 1].
+    label_map : ndarray (H, W), optional
+        Labels (0 = background), each drawn in its own colour.
+    points : ndarray (N, 2), optional
+        Landmarks ``(row, col)``, drawn as numbered red crosses.
+    truth : ndarray (N, 2), optional
+        True landmarks ``(row, col)``, drawn as small green circles with a line to each of ``points``.
+    max_side : int or None
+        Longest side of the picture: larger images are shrunk to it, images under 256 pixels are
+        enlarged to 256; None keeps the image's size.
     """
     from PIL import Image, ImageDraw
 
@@ -49,20 +68,93 @@ def overlay(image: np.ndarray, label_map: np.ndarray | None = None, landmarks_xy
     draw = ImageDraw.Draw(pil)
     r = max(3, int(0.008 * max(pil.size)))
 
-    def px(p):
-        return ((p[0] + 0.5) * scale - 0.5, (p[1] + 0.5) * scale - 0.5)
+    def px(p):  # (row, col) -> PIL's (x, y) on the resized picture
+        return ((p[1] + 0.5) * scale - 0.5, (p[0] + 0.5) * scale - 0.5)
 
-    if truth_xy is not None and landmarks_xy is not None:
-        for p, q in zip(np.asarray(landmarks_xy), np.asarray(truth_xy), strict=False):
+    if truth is not None and points is not None:
+        for p, q in zip(np.asarray(points), np.asarray(truth), strict=False):
             draw.line([px(p), px(q)], fill=(255, 255, 0), width=1)
-    if truth_xy is not None:
-        for q in np.asarray(truth_xy):
+    if truth is not None:
+        for q in np.asarray(truth):
             x, y = px(q)
             draw.ellipse([x - r, y - r, x + r, y + r], outline=(0, 220, 0), width=2)
-    if landmarks_xy is not None:
-        for i, p in enumerate(np.asarray(landmarks_xy)):
+    if points is not None:
+        for i, p in enumerate(np.asarray(points)):
             x, y = px(p)
             draw.line([x - r, y, x + r, y], fill=(255, 40, 40), width=2)
             draw.line([x, y - r, x, y + r], fill=(255, 40, 40), width=2)
             draw.text((x + r + 1, y - r - 1), str(i + 1), fill=(255, 80, 80))
     return np.asarray(pil)
+
+
+# ------------------------------------------------------------------------------------------------
+# Volumes: three orthogonal planes
+# ------------------------------------------------------------------------------------------------
+
+PLANES = ("axial", "coronal", "sagittal")
+
+
+def plane(volume: np.ndarray, axis: int, index: int) -> np.ndarray:
+    """A slice of a canonical (RAS+) volume in the usual radiological view.
+
+    axial (axis 2): anterior up, patient right on the image left; coronal (axis 1): superior up,
+    patient right on the left; sagittal (axis 0): superior up, anterior on the left.
+    """
+    sl = np.take(volume, index, axis=axis)
+    return sl.T[::-1, ::-1]
+
+
+def structure_overlay(volume: np.ndarray, labels: np.ndarray, label: int, spacing: np.ndarray,
+                      value_range: tuple[float, float] | None = None, min_side: int = 256) -> np.ndarray | None:
+    """Axial, coronal and sagittal planes through a structure's centroid, side by side (RGB uint8).
+
+    Parameters
+    ----------
+    volume, labels : ndarray (X, Y, Z)
+        Raw intensities and the label map, canonical (RAS+) axis order.
+    label : int
+        The structure to show; None is returned when it is absent.
+    spacing : ndarray (3,)
+        Voxel size (mm) along the array axes: every panel is resampled to square pixels of one size,
+        so the three share one physical scale.
+    value_range : (low, high), optional
+        Raw intensities shown as black and white (default: robust percentiles of ``volume``).
+    """
+    from skimage.transform import resize
+
+    idx = np.argwhere(labels == label)
+    if len(idx) == 0:
+        return None
+    value_range = value_range if value_range is not None else intensity_range(volume)
+    spacing = np.asarray(spacing, float)
+    # Show the structure with context (its own size again, at least 30 mm) rather than the whole field of view.
+    lo, hi = idx.min(0), idx.max(0) + 1
+    margin = np.maximum(hi - lo, np.ceil(30.0 / spacing)).astype(int)
+    lo = np.maximum(lo - margin, 0)
+    hi = np.minimum(hi + margin, labels.shape)
+    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    volume, labels = volume[box], labels[box]
+    center = np.round(idx.mean(0)).astype(int) - lo
+    pixel = float(spacing.min())
+    extents = []
+    for axis in (2, 1, 0):  # axial, coronal, sagittal
+        rest = [a for a in range(3) if a != axis]
+        # plane() transposes: rows follow the second remaining axis, columns the first.
+        extents.append((labels.shape[rest[1]] * spacing[rest[1]], labels.shape[rest[0]] * spacing[rest[0]]))
+    biggest = max(max(e) for e in extents) / pixel
+    zoom = max(1.0, min_side / biggest)
+    panels = []
+    for axis, (h_mm, w_mm) in zip((2, 1, 0), extents):
+        img = apply_range(plane(volume, axis, center[axis]), value_range)
+        lab = plane(labels, axis, center[axis])
+        shape = (max(2, int(round(h_mm / pixel * zoom))), max(2, int(round(w_mm / pixel * zoom))))
+        img = resize(img, shape, order=1, preserve_range=True, anti_aliasing=False)
+        lab = resize(lab, shape, order=0, preserve_range=True, anti_aliasing=False).astype(labels.dtype)
+        panels.append(overlay(img, lab, max_side=None))
+    height = max(p.shape[0] for p in panels)
+    gap = np.zeros((height, 4, 3), np.uint8)
+    row = []
+    for p in panels:
+        pad = np.zeros((height - p.shape[0], p.shape[1], 3), np.uint8)
+        row += [np.vstack([p, pad]), gap]
+    return np.hstack(row[:-1])

@@ -47,7 +47,7 @@ class FlakySegmenter:
 
 def use_segmenter(monkeypatch, mode: str) -> None:
     """Make ``--segmenter classical`` give a :class:`FlakySegmenter` in this process (and, shipped, in workers)."""
-    monkeypatch.setattr("medshot.pipeline.get_segmenter", lambda name, **kw: FlakySegmenter(mode))
+    monkeypatch.setattr("medshot.pipeline.oneshot.get_segmenter", lambda name, **kw: FlakySegmenter(mode))
 
 
 def write_targets(folder: Path, phantom, n: int, bad: tuple[int, ...] = ()) -> list[Path]:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medshot.io import save_png
+from medshot.data.write import save_png
 from medshot.synthetic import LANDMARK_NAMES, make_phantom
 
 EVALDATA = Path(os.environ.get("MEDSHOT_EVALDATA", Path(__file__).resolve().parents[2] / "shared" / "evaldata"))

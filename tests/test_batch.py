@@ -20,8 +20,8 @@ from batch_helpers import use_segmenter, write_targets
 from PIL import Image
 
 from medshot.cli import main
-from medshot.outdir import LOCK_FILE, RUN_RECORD, OutputFolder
-from medshot.outputs import process_umask
+from medshot.cli.outdir import LOCK_FILE, RUN_RECORD, OutputFolder
+from medshot.data.write import process_umask
 
 FAST = ["--work-size", "64", "--quiet"]
 ROOT = Path(__file__).resolve().parents[1]

@@ -19,7 +19,7 @@ from batch_helpers import write_targets
 from PIL import Image
 
 from medshot.cli import main
-from medshot.volume.synthetic3d import Phantom3D, grid_affine, sample_phantom
+from medshot.synthetic3d import Phantom3D, grid_affine, sample_phantom
 
 FAST = ["--work-size", "64", "--quiet"]
 VOLUME = ["--work-spacing", "2.0", "--quiet"]

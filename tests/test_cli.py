@@ -94,13 +94,13 @@ def test_dicom_and_16bit_inputs_are_read(tmp_path, phantom):
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-    from medshot.io import load_image
+    from medshot.data.read import read_image
 
     raw = (phantom.image * 4000).astype(np.uint16)
     Image.fromarray(raw).save(tmp_path / "x16.png")
-    assert load_image(tmp_path / "x16.png").array.max() == pytest.approx(raw.max())
+    assert read_image(tmp_path / "x16.png").array.max() == pytest.approx(raw.max())
     Image.fromarray(raw).save(tmp_path / "x16.tif")
-    assert load_image(tmp_path / "x16.tif").array.shape == raw.shape
+    assert read_image(tmp_path / "x16.tif").array.shape == raw.shape
 
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
@@ -113,7 +113,7 @@ def test_dicom_and_16bit_inputs_are_read(tmp_path, phantom):
     ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
     ds.PixelData = raw.tobytes()
     ds.save_as(tmp_path / "x.dcm", enforce_file_format=True)
-    image = load_image(tmp_path / "x.dcm")
+    image = read_image(tmp_path / "x.dcm")
     assert image.kind == "dicom"
     assert image.array.min() == pytest.approx(raw.min() - 1024.0)
     del pydicom

@@ -16,10 +16,10 @@ import pytest
 
 from medshot.cli import main
 from medshot.core.errors import MedshotError
-from medshot.io import load_image, save_png
-from medshot.markups import FLIP, SCHEMA, pixel_to_ras, ras_to_pixel, read_markups, write_markups
-from medshot.volume.io3d import load_volume
-from medshot.volume.synthetic3d import LANDMARK_NAMES_3D, Phantom3D, Warp3D, grid_affine, sample_phantom
+from medshot.data.markups import FLIP, SCHEMA, points_on, read_markups, write_markups
+from medshot.data.read import read_image
+from medshot.data.write import save_png
+from medshot.synthetic3d import LANDMARK_NAMES_3D, Phantom3D, Warp3D, grid_affine, sample_phantom
 
 LANDMARK_NAMES = ["apex", "left notch", "right notch", "base"]
 
@@ -109,7 +109,7 @@ def test_2d_nifti_slice_with_an_affine(tmp_path):
     aff = np.array([[-0.8, 0, 0, 40.0], [0, 0.6, 0, -25.0], [0, 0, 3.0, 11.0], [0, 0, 0, 1]])
     img = np.random.default_rng(0).random((50, 40, 1)).astype(np.float32)
     nib.save(nib.Nifti1Image(img, aff), tmp_path / "slice.nii.gz")
-    image = load_image(tmp_path / "slice.nii.gz")
+    image = read_image(tmp_path / "slice.nii.gz")
     xy = np.array([[3.0, 7.0], [30.5, 44.0]])  # (column, row)
     ras = np.column_stack([xy[:, 1], xy[:, 0], np.zeros(2), np.ones(2)]) @ aff.T  # voxel (i=row, j=col, 0)
     lps = ras[:, :3] * FLIP
@@ -119,16 +119,16 @@ def test_2d_nifti_slice_with_an_affine(tmp_path):
     assert main(["template", str(tmp_path / "slice.nii.gz"), "--landmarks", str(path), "--out", str(out)]) == 0
     got = np.array([[lm["x"], lm["y"]] for lm in json.loads(out.read_text())["landmarks"]])
     np.testing.assert_allclose(got, xy, atol=1e-3)
-    np.testing.assert_allclose(pixel_to_ras(image, xy), ras[:, :3], atol=1e-4)  # the header stores float32
+    np.testing.assert_allclose(image.index_to_world(xy[:, ::-1]), ras[:, :3], atol=1e-4)  # the header stores float32
 
 
 def test_png_convention_is_itk_lps(tmp_path):
     """PNGs have no geometry: LPS = (x, y, 0), spacing 1, as ITK and Slicer load them."""
     save_png(tmp_path / "p.png", (np.random.default_rng(1).random((30, 20)) * 255).astype(np.uint8))
-    image = load_image(tmp_path / "p.png")
-    np.testing.assert_allclose(pixel_to_ras(image, [[4.0, 9.0]]) * FLIP, [[4.0, 9.0, 0.0]])
+    image = read_image(tmp_path / "p.png")
+    np.testing.assert_allclose(image.index_to_world([[9.0, 4.0]]) * FLIP, [[4.0, 9.0, 0.0]])  # (row, col)
     with pytest.raises(MedshotError, match="off the image plane"):
-        ras_to_pixel(image, [[-4.0, -9.0, 2.0]], ["far"])
+        points_on(image, [[-4.0, -9.0, 2.0]], ["far"])
 
 
 def test_2d_localize_writes_one_mrk_json_per_target(tmp_path, template_files, phantom, capsys):
@@ -193,9 +193,9 @@ def test_volume_localize_writes_lps(volume, tmp_path, capsys):
     ras = np.array([[float(r[c]) for c in ("x_mm", "y_mm", "z_mm")] for r in rows])
     lps = np.array([cp["position"] for cp in doc["markups"][0]["controlPoints"]])
     np.testing.assert_allclose(lps, ras * FLIP, atol=1e-3)
-    vol = load_volume(tmp_path / "target.nii.gz")
+    vol = read_image(tmp_path / "target.nii.gz")
     ijk = np.array([[float(r[c]) for c in "ijk"] for r in rows])
-    np.testing.assert_allclose(vol.world_to_source(lps * FLIP), ijk, atol=1e-2)
+    np.testing.assert_allclose(vol.index_to_source(vol.world_to_index(lps * FLIP)), ijk, atol=1e-2)
 
 
 def test_write_then_read_round_trip(tmp_path):
@@ -241,7 +241,7 @@ def test_base_install_imports_no_qt():
     text = (root / "pyproject.toml").read_text()
     deps = text[text.index("dependencies = ["):].split("]", 1)[0].splitlines()[1:]  # tomllib needs Python 3.11
     assert not [d for d in deps if any(q in d.lower() for q in ("napari", "qt", "pyside", "vispy"))]
-    code = ("import sys, medshot, medshot.cli, medshot.markups; medshot.cli.build_parser(); "
+    code = ("import sys, medshot, medshot.cli, medshot.data.markups; medshot.cli.build_parser(); "
             "bad = [m for m in sys.modules if m.split('.')[0] in ('napari', 'qtpy', 'PyQt5', 'PyQt6', 'PySide6', "
             "'vispy', 'superqt')]; assert not bad, bad")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root)

@@ -18,9 +18,9 @@ from napari_support import MANIFEST, register_plugin  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from medshot.cli import main  # noqa: E402
-from medshot.markups import FLIP, pixel_to_ras, read_markups  # noqa: E402
+from medshot.data.markups import FLIP, read_markups  # noqa: E402
 from medshot.napari.layers import frame_of  # noqa: E402
-from medshot.volume.synthetic3d import Phantom3D, grid_affine, sample_phantom, write_dicom_series  # noqa: E402
+from medshot.synthetic3d import Phantom3D, grid_affine, sample_phantom, write_dicom_series  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -90,8 +90,8 @@ def test_nifti_volume_is_shown_axial_in_lps_mm(make_napari_viewer, tmp_path):
 
 
 def test_dicom_series_folder_and_dicom_file(make_napari_viewer, tmp_path):
-    shape = (9, 8, 6)
-    aff = grid_affine(shape, (0.8, 0.9, 2.5), (10, 20, -30), axcodes="RPI")
+    shape = (8, 9, 6)  # (rows, columns, slices): rows run posterior, columns to the patient's right
+    aff = grid_affine(shape, (0.9, 0.8, 2.5), (10, 20, -30), axcodes="PRI")
     data = _ramp(shape)
     files = write_dicom_series(data, aff, tmp_path / "series", slope=1.0, intercept=0.0)
     viewer = make_napari_viewer()
@@ -102,7 +102,7 @@ def test_dicom_series_folder_and_dicom_file(make_napari_viewer, tmp_path):
     (single,) = viewer.open(str(files[2]), plugin="medshot")
     assert single.data.shape == (8, 9) and frame_of(single).source.kind == "dicom"
     np.testing.assert_allclose(single.scale, [0.9, 0.8])
-    np.testing.assert_array_equal(single.data, data[:, :, 2].T)
+    np.testing.assert_array_equal(single.data, data[:, :, 2])
 
 
 def test_2d_template_json_opens_as_its_layers(make_napari_viewer, tmp_path, template_files, phantom, capsys):
@@ -140,10 +140,11 @@ def test_volume_template_and_its_writers(make_napari_viewer, volume_template, tm
     root = volume_template
     viewer = make_napari_viewer()
     layers = {layer.name: layer for layer in viewer.open(str(root / "t.json"), plugin="medshot")}
-    assert set(layers) == {"v", "mask", "landmarks"}  # volume templates carry no prompt points
+    assert set(layers) == {"v", "mask", "prompts", "landmarks"}  # prompt points sampled from the mask, as in 2D
+    assert layers["prompts"].data.shape[1] == 3
     frame = frame_of(layers["v"])
-    np.testing.assert_allclose(frame.points_from_display(layers["landmarks"].data), [[3, 4, 5], [20.5, 10, 7]],
-                               atol=1e-9)
+    ijk = frame.source.index_to_source(frame.points_from_display(layers["landmarks"].data))  # the file's voxels
+    np.testing.assert_allclose(ijk, [[3, 4, 5], [20.5, 10, 7]], atol=1e-9)
     # label map -> .nii.gz in the source geometry, exactly the file the template was made from
     written = layers["mask"].save(str(tmp_path / "m.nii.gz"), plugin="medshot")
     assert written == [str(tmp_path / "m.nii.gz")]
@@ -174,7 +175,7 @@ def test_2d_writers(make_napari_viewer, tmp_path, template_files, phantom, capsy
     layers["landmarks"].save(str(tmp_path / "l.mrk.json"), plugin="medshot")
     frame = frame_of(layers["template"])
     np.testing.assert_allclose([p.ras for p in read_markups(tmp_path / "l.mrk.json")],
-                               pixel_to_ras(frame.source, phantom.landmarks_xy), atol=1e-3)
+                               frame.source.index_to_world(phantom.landmarks_xy[:, ::-1]), atol=1e-3)
 
 
 def test_slicer_markups_open_in_lps(make_napari_viewer, tmp_path):

@@ -17,8 +17,8 @@ from napari_support import register_plugin  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from medshot.cli import main  # noqa: E402
-from medshot.io import save_png  # noqa: E402
-from medshot.markups import read_markups  # noqa: E402
+from medshot.data.markups import read_markups  # noqa: E402
+from medshot.data.write import save_png  # noqa: E402
 from medshot.napari.layers import frame_of  # noqa: E402
 from medshot.napari.run_panel import RunPanel  # noqa: E402
 from medshot.synthetic import random_warp  # noqa: E402

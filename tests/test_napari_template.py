@@ -15,10 +15,10 @@ from PIL import Image  # noqa: E402
 
 from medshot.cli import main  # noqa: E402
 from medshot.core.errors import MedshotError  # noqa: E402
+from medshot.data.read import read_image, read_label_map  # noqa: E402
 from medshot.napari.template_panel import TemplatePanel  # noqa: E402
 from medshot.synthetic import LANDMARK_NAMES  # noqa: E402
-from medshot.volume.io3d import load_label_volume, load_volume  # noqa: E402
-from medshot.volume.synthetic3d import Phantom3D, grid_affine, sample_phantom  # noqa: E402
+from medshot.synthetic3d import Phantom3D, grid_affine, sample_phantom  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -48,12 +48,12 @@ def test_2d_template_through_the_panel_equals_medshot_template(make_napari_viewe
     viewer = make_napari_viewer()
     panel = _panel(viewer, image)
     panel.ensure_layers()
-    xy = dict(zip(LANDMARK_NAMES, phantom.landmarks_xy))
+    rc = dict(zip(LANDMARK_NAMES, phantom.landmarks_xy[:, ::-1]))  # (row, col)
     # placed out of order and misnamed, then renamed and moved into place, as a user would
-    panel.add_landmark("base", xy["base"])
-    panel.add_landmark("tip", xy["apex"])
-    panel.add_landmark("left notch", xy["left notch"])
-    panel.add_landmark("right notch", xy["right notch"])
+    panel.add_landmark("base", rc["base"])
+    panel.add_landmark("tip", rc["apex"])
+    panel.add_landmark("left notch", rc["left notch"])
+    panel.add_landmark("right notch", rc["right notch"])
     panel.rename_landmark(1, "apex")
     for i in range(3):
         panel.move_landmark(i, 1)
@@ -88,7 +88,7 @@ def test_points_placed_with_napari_tools_and_a_reopened_template(make_napari_vie
     panel.prompt_label.setValue(2)
     panel.negative_radio.setChecked(True)
     panel.prompts_layer.add([[90.0, 140.0]])
-    panel.add_prompt(2, (141.0, 95.0), positive=True)
+    panel.add_prompt(2, (95.0, 141.0), positive=True)  # (row, col)
     panel.mask_layer.data = phantom.mask.astype(np.int32)
     first = panel.save_template(tmp_path / "a.json")
     spec = json.loads(first.read_text())
@@ -115,13 +115,14 @@ def test_volume_template_through_the_panel_equals_medshot_template(make_napari_v
     nib.save(nib.Nifti1Image(labels, aff), tmp_path / "painted.nii.gz")
     viewer = make_napari_viewer()
     panel = _panel(viewer, tmp_path / "v.nii.gz")
-    assert not panel.prompt_box.isVisibleTo(panel)  # volume templates hold no prompt points
+    assert panel.prompt_box.isVisibleTo(panel)  # volume templates hold prompt points too, as 2D ones
     panel.ensure_layers()
-    assert panel.prompts_layer is None
-    ijk = np.array([[3.0, 4.0, 5.0], [20.5, 10.25, 7.0], [29.0, 0.0, 23.0]])
-    for name, p in zip(("a", "b", "c"), ijk):
+    assert panel.prompts_layer is not None and panel.prompts_layer.ndim == 3
+    ijk = np.array([[3.0, 4.0, 5.0], [20.5, 10.25, 7.0], [29.0, 0.0, 23.0]])  # the file's voxels
+    for name, p in zip(("a", "b", "c"), panel.frame.source.source_to_index(ijk)):
         panel.add_landmark(name, p)
-    canonical = load_label_volume(tmp_path / "painted.nii.gz", load_volume(tmp_path / "v.nii.gz"))
+    volume = read_image(tmp_path / "v.nii.gz")
+    canonical = read_label_map(tmp_path / "painted.nii.gz", volume)[0]
     panel.mask_layer.data = panel.frame.to_display(canonical).astype(np.int32)
     panel.set_label_name(2, "brainstem")
     out = tmp_path / "t"

@@ -12,7 +12,7 @@ from PIL import Image
 
 from medshot.cli import main
 from medshot.evaluation.metrics import dice
-from medshot.volume.synthetic3d import (
+from medshot.synthetic3d import (
     LANDMARK_NAMES_3D,
     Phantom3D,
     Warp3D,
@@ -41,11 +41,12 @@ def files(tmp_path_factory):
     s_shape, s_aff = (40, 48, 26), grid_affine((40, 48, 26), (1.6, 1.25, 2.4), (3, -2, 4), axcodes="PLI")
     target, truth = sample_phantom(ph, s_shape, s_aff, warp)
     nib.save(nib.Nifti1Image((target * 1000).astype(np.int16), s_aff), root / "target.nii.gz")
-    d_shape, d_aff = (46, 42, 28), grid_affine((46, 42, 28), (1.5, 1.5, 2.2), (-2, 3, 0), axcodes="RPI")
+    # an axial series: rows run posterior, columns to the patient's right, slices inferior
+    d_shape, d_aff = (42, 46, 28), grid_affine((42, 46, 28), (1.5, 1.5, 2.2), (-2, 3, 0), axcodes="PRI")
     dcm, dcm_truth = sample_phantom(ph, d_shape, d_aff, warp)
     write_dicom_series(dcm * 1000 - 1024, d_aff, root / "series01", slope=1.0, intercept=-1024.0)
     return {"root": root, "truth": truth, "target_affine": s_aff, "truth_lm": landmarks_voxel(ph, s_aff, warp),
-            "dicom_affine": d_aff, "dicom_truth": dcm_truth}
+            "dicom_affine": d_aff, "dicom_truth": dcm_truth, "dicom_truth_lm": landmarks_voxel(ph, d_aff, warp)}
 
 
 @pytest.fixture(scope="module")
@@ -115,6 +116,22 @@ def test_localize_writes_voxel_and_mm_columns(files, template_json, tmp_path):
     aff = files["target_affine"]
     np.testing.assert_allclose(xyz, ijk @ aff[:3, :3].T + aff[:3, 3], atol=0.01)
     assert np.linalg.norm(ijk - files["truth_lm"], axis=1).max() <= 2.0
+
+
+def test_python_api_takes_the_same_path(files, template_json):
+    """``OneShot.run`` on a DICOM series: a label map on the volume's (canonical) grid, landmarks as its indices."""
+    from medshot import OneShot, Template, from_array, read_image
+
+    image = read_image(files["root"] / "series01")
+    result = OneShot(Template.load(template_json), work_spacing=1.8).run(image)
+    assert result.label_map.shape == image.shape
+    truth = from_array(files["dicom_truth"].astype(np.float32), files["dicom_affine"]).array
+    for label in (1, 2):
+        assert dice(result.label_map == label, truth == label) >= 0.85
+    points = result.landmark_points
+    assert points.shape == (4, 3)
+    np.testing.assert_allclose([lm.world for lm in result.landmarks], image.index_to_world(points), atol=1e-6)
+    assert np.linalg.norm(image.index_to_source(points) - files["dicom_truth_lm"], axis=1).max() <= 2.0
 
 
 def test_volume_template_refuses_2d_targets_before_writing(files, template_json, tmp_path, capsys):

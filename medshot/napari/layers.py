@@ -2,16 +2,16 @@
 
 Display conventions
 -------------------
-* A 2D image is shown as medshot works on it: ``(rows, cols)`` of the file, scaled by its pixel
-  spacing in mm (DICOM PixelSpacing, the NIfTI affine; 1 for PNG/JPEG/TIFF). Template landmarks
-  ``(x, y)`` are napari points ``(y, x)``.
+* A 2D image is shown as medshot works on it: its array ``(rows, cols)``, scaled by its pixel
+  spacing in mm (DICOM PixelSpacing, the NIfTI affine; 1 for PNG/JPEG/TIFF). medshot's points
+  ``(row, col)`` are napari's points as they are.
 * A volume is shown in the radiological axial layout, whatever the file's own axis order: napari
   axes ``(S, P, L)`` (slices inferior to superior; rows anterior to posterior; columns from the
   patient's right to left), scaled by the voxel spacing and translated so that napari's world
   coordinates are DICOM patient (LPS) millimetres in ``(z, y, x)`` order. Oblique volumes are
-  shown in their closest axis-aligned orientation, which is the grid medshot matches on; medshot's
-  own coordinates (source voxels, RAS mm) stay exact because every conversion goes through the
-  volume's affine.
+  shown in their closest axis-aligned orientation, which is the (canonical) grid medshot matches
+  on; medshot's own coordinates (indices of that grid, source voxels, RAS mm) stay exact because
+  every conversion goes through the volume's affine.
 
 Every layer made here carries ``metadata["medshot"]``: its ``role`` and the :class:`Frame` that
 maps its data back to medshot's coordinates; writers and panels rely on it.
@@ -24,9 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from ..io import Image2D
-from ..markups import FLIP, pixel_matrix, pixel_to_ras
-from ..volume.io3d import Volume
+from ..data.image import Image
+from ..data.markups import FLIP
 
 LayerData = tuple[Any, dict, str]
 KEY = "medshot"
@@ -39,26 +38,26 @@ class Frame:
 
     Attributes
     ----------
-    source : Image2D or Volume
-        The image; its geometry converts points and label maps.
+    source : Image
+        The image (2D, or a volume); its geometry converts points and label maps.
     scale, translate : tuple of float
         napari layer scale and translate (mm), one per display axis.
     info : dict
         Anything else a panel or writer needs (template JSON path, window, label values).
     """
 
-    source: Image2D | Volume = field(repr=False)
+    source: Image = field(repr=False)
     scale: tuple[float, ...]
     translate: tuple[float, ...]
     info: dict = field(default_factory=dict)
 
     @property
     def is_volume(self) -> bool:
-        return isinstance(self.source, Volume)
+        return self.source.ndim == 3
 
     @property
     def ndim(self) -> int:
-        return 3 if self.is_volume else 2
+        return self.source.ndim
 
     @property
     def path(self):
@@ -75,7 +74,7 @@ class Frame:
     # -- arrays ------------------------------------------------------------------------------
 
     def to_display(self, array: np.ndarray) -> np.ndarray:
-        """An image or label map in medshot's layout -> napari's.
+        """An image or label map on the image's grid -> napari's layout.
 
         2D: ``(H, W)`` unchanged. Volume: the canonical ``(X, Y, Z)`` (RAS) array -> ``(Z, Y, X)``
         with Y and X reversed (``S, P, L``).
@@ -96,46 +95,39 @@ class Frame:
     # -- points ------------------------------------------------------------------------------
 
     def points_to_display(self, points: np.ndarray) -> np.ndarray:
-        """medshot points -> napari data coordinates.
+        """medshot points (array indices of the image, ``(N, ndim)``) -> napari data coordinates.
 
-        2D: ``(N, 2)`` pixels ``(x, y)`` -> ``(y, x)``. Volume: ``(N, 3)`` source voxel indices
-        ``(i, j, k)`` of the file's array -> display indices.
+        2D: ``(row, col)`` unchanged. Volume: canonical ``(i, j, k)`` -> display indices.
         """
+        p = np.asarray(points, float).reshape(-1, self.ndim)
         if not self.is_volume:
-            return np.asarray(points, float).reshape(-1, 2)[:, ::-1].copy()
-        canon = self.source.source_to_canonical(np.asarray(points, float).reshape(-1, 3))
+            return p.copy()
         X, Y, _ = self.source.shape
-        return np.column_stack([canon[:, 2], Y - 1 - canon[:, 1], X - 1 - canon[:, 0]])
+        return np.column_stack([p[:, 2], Y - 1 - p[:, 1], X - 1 - p[:, 0]])
 
     def points_from_display(self, data: np.ndarray) -> np.ndarray:
-        """Inverse of :meth:`points_to_display`."""
+        """Inverse of :meth:`points_to_display`: napari data coordinates -> array indices ``(N, ndim)``."""
+        d = np.asarray(data, float).reshape(-1, self.ndim)
         if not self.is_volume:
-            return np.asarray(data, float).reshape(-1, 2)[:, ::-1].copy()
-        d = np.asarray(data, float).reshape(-1, 3)
+            return d.copy()
         X, Y, _ = self.source.shape
-        canon = np.column_stack([X - 1 - d[:, 2], Y - 1 - d[:, 1], d[:, 0]])
-        return self.source.canonical_to_source(canon)
+        return np.column_stack([X - 1 - d[:, 2], Y - 1 - d[:, 1], d[:, 0]])
 
     def ras(self, data: np.ndarray) -> np.ndarray:
         """napari data coordinates ``(N, ndim)`` -> RAS millimetres ``(N, 3)`` (exact, through the affine)."""
-        points = self.points_from_display(data)
-        if self.is_volume:
-            return self.source.source_to_world(points)
-        return pixel_to_ras(self.source, points)
+        return self.source.index_to_world(self.points_from_display(data))
 
 
-def frame_for(image: Image2D | Volume, **info) -> Frame:
+def frame_for(image: Image, **info) -> Frame:
     """The :class:`Frame` of a medshot image (see the module docstring for the conventions)."""
-    if isinstance(image, Volume):
+    spacing = image.spacing
+    if image.ndim == 3:
         X, Y, _ = image.shape
         corner = image.affine @ np.array([X - 1, Y - 1, 0, 1.0])  # display index (0, 0, 0)
         lps = corner[:3] * FLIP
-        spacing = image.spacing
         return Frame(image, tuple(float(s) for s in spacing[::-1]), (float(lps[2]), float(lps[1]), float(lps[0])),
                      dict(info))
-    m = pixel_matrix(image)
-    sx, sy = float(np.linalg.norm(m[:3, 0])), float(np.linalg.norm(m[:3, 1]))
-    return Frame(image, (sy, sx), (0.0, 0.0), dict(info))
+    return Frame(image, (float(spacing[0]), float(spacing[1])), (0.0, 0.0), dict(info))
 
 
 def frame_of(layer_or_meta) -> Frame | None:
@@ -187,7 +179,7 @@ def image_layer(frame: Frame, name: str, window: tuple[float, float] | None = No
 def landmarks_layer(frame: Frame, names: list[str], points: np.ndarray | None = None,
                     confidences: list[float] | None = None, name: str = "landmarks",
                     role: str = "landmarks") -> LayerData:
-    """Named landmarks as a Points layer; ``points`` in medshot coordinates (see :meth:`Frame.points_to_display`).
+    """Named landmarks as a Points layer; ``points`` are array indices of the image (:meth:`Frame.points_to_display`).
 
     With ``confidences`` (results) each point is coloured by its confidence, red (0) to green (1).
     """
@@ -210,11 +202,12 @@ def landmarks_layer(frame: Frame, names: list[str], points: np.ndarray | None = 
 
 def prompts_layer(frame: Frame, prompts: list[tuple[int, bool, np.ndarray]] | None = None,
                   name: str = "prompts") -> LayerData:
-    """Positive (green) and negative (red) prompt points, each with its label; ``(label, positive, (x, y))``."""
+    """Positive (green) and negative (red) prompt points, each with its label: ``(label, positive, point)``
+    with ``point`` in array indices of the image."""
     prompts = prompts or []
-    pts = frame.points_to_display(np.array([p[2] for p in prompts], float)) if prompts else np.zeros((0, 2))
+    pts = frame.points_to_display(np.array([p[2] for p in prompts], float)) if prompts else np.zeros((0, frame.ndim))
     colors = [POSITIVE_COLOR if p[1] else NEGATIVE_COLOR for p in prompts] or POSITIVE_COLOR
-    kwargs = {"name": name, "ndim": 2, "features": {"label": np.array([p[0] for p in prompts], dtype=int),
+    kwargs = {"name": name, "ndim": frame.ndim, "features": {"label": np.array([p[0] for p in prompts], dtype=int),
                                                      "positive": np.array([p[1] for p in prompts], dtype=bool)},
               "feature_defaults": {"label": 1, "positive": True},
               "text": {"string": "{label}", "size": 8, "color": "white", "anchor": "lower_right"},
@@ -225,7 +218,7 @@ def prompts_layer(frame: Frame, prompts: list[tuple[int, bool, np.ndarray]] | No
 
 def mask_layer(frame: Frame, labels: np.ndarray | None = None, label_names: dict[int, str] | None = None,
                name: str = "mask", role: str = "mask", **more) -> LayerData:
-    """A label map (medshot layout, see :meth:`Frame.to_display`) as a Labels layer; empty when None."""
+    """A label map on the image's grid (see :meth:`Frame.to_display`) as a Labels layer; empty when None."""
     data = np.zeros(frame.display_shape, np.int32) if labels is None else frame.to_display(labels).astype(np.int32)
     kwargs = {"name": name, "opacity": 0.45,
               "metadata": _meta(frame, role, label_names=dict(label_names or {}), **more),
@@ -234,24 +227,19 @@ def mask_layer(frame: Frame, labels: np.ndarray | None = None, label_names: dict
 
 
 def template_layers(template, json_path) -> list[LayerData]:
-    """A loaded template (2D :class:`~medshot.template.Template` or a volume template) as layers.
+    """A loaded :class:`~medshot.data.template.Template` (2D or volume) as image, mask, prompts and landmarks layers.
 
     The image layer's frame records the JSON path, the window and the label names, so that the
     template panel saves the template back with them.
     """
-    is_volume = hasattr(template, "landmarks_ijk")
     image = template.image
     frame = frame_for(image, template_json=str(json_path), window=template.window, labels=dict(template.labels),
-                      label_values=template.label_values, slice_index=getattr(template, "slice_index", None))
-    stem = image.stem
-    layers = [image_layer(frame, stem, template.window)]
+                      label_values=template.label_values, slice_index=template.slice_index)
+    layers = [image_layer(frame, image.stem, template.window)]
     if template.mask is not None:
         layers.append(mask_layer(frame, template.mask, template.labels))
-    names = [lm.name for lm in template.landmarks]
-    points = template.landmarks_ijk if is_volume else template.landmarks_xy
-    if not is_volume:
-        prompts = [(p.label, positive, xy) for p in template.prompts
-                   for positive, pts in ((True, p.positive), (False, p.negative)) for xy in pts]
-        layers.append(prompts_layer(frame, prompts))
-    layers.append(landmarks_layer(frame, names, points))
+    prompts = [(p.label, positive, point) for p in template.prompts
+               for positive, points in ((True, p.positive), (False, p.negative)) for point in points]
+    layers.append(prompts_layer(frame, prompts))
+    layers.append(landmarks_layer(frame, [lm.name for lm in template.landmarks], template.landmark_points))
     return layers

@@ -4,7 +4,7 @@ PNG/JPEG/TIFF/BMP, NIfTI (2D, or 3D as a volume), DICOM files and DICOM series f
 image layer; a template JSON (2D or volume) opens as its image plus its label map, prompt points
 and landmarks; a 3D Slicer markups file (``.mrk.json``, ``.fcsv``) opens as a Points layer in LPS
 millimetres, which is where :mod:`.layers` puts volumes (napari world ``(z, y, x)`` = LPS) and
-raster images (``(y, x)`` = LPS, see :mod:`medshot.markups`).
+raster images (``(y, x)`` = LPS, see :mod:`medshot.data.markups`).
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ def get_reader(path: PathOrPaths) -> Callable[[PathOrPaths], list[LayerData]] | 
 
 def can_read(path: str | Path) -> bool:
     """Whether medshot reads this path (decided from names and headers, without reading pixels)."""
-    from ..io import IMAGE_SUFFIXES, _looks_like_dicom
-    from ..markups import is_markups_path
-    from ..volume.io3d import is_dicom_series_dir
+    from ..data.dicom import is_dicom_series_dir, looks_like_dicom
+    from ..data.markups import is_markups_path
+    from ..data.read import IMAGE_SUFFIXES
 
     p = Path(path)
     if p.is_dir():
@@ -45,7 +45,7 @@ def can_read(path: str | Path) -> bool:
         return True
     if name.endswith(".json"):
         return _is_template_json(p)
-    return name.endswith(IMAGE_SUFFIXES) or _looks_like_dicom(p)
+    return name.endswith(IMAGE_SUFFIXES) or looks_like_dicom(p)
 
 
 def _is_template_json(path: Path) -> bool:
@@ -72,32 +72,26 @@ def read(path: PathOrPaths) -> list[LayerData]:
 
 
 def read_one(path: Path) -> list[LayerData]:
-    from ..markups import is_markups_path
-    from ..volume.io3d import is_volume_path, load_volume
+    from ..data.markups import is_markups_path
+    from ..data.read import read_image
 
     if is_markups_path(path):
         return [markups_layer(path)]
     if path.name.lower().endswith(".json"):
         return read_template(path)
-    if is_volume_path(path):
-        return [image_layer(frame_for(load_volume(path)), _stem(path))]
-    from ..io import load_image
-
-    return [image_layer(frame_for(load_image(path)), _stem(path))]
+    return [image_layer(frame_for(read_image(path)), _stem(path))]
 
 
 def read_template(path: str | Path) -> list[LayerData]:
     """A template JSON (2D or volume) as image, label map, prompt points and landmarks layers."""
-    from ..template import Template
-    from ..volume.template3d import VolumeTemplate, is_volume_template
+    from ..data.template import Template
 
-    template = VolumeTemplate.load(path) if is_volume_template(path) else Template.load(path)
-    return template_layers(template, Path(path))
+    return template_layers(Template.load(path), Path(path))
 
 
 def markups_layer(path: str | Path) -> LayerData:
     """A Slicer markups file as a Points layer in LPS mm: ``(z, y, x)``, or ``(y, x)`` when every z is 0."""
-    from ..markups import FLIP, read_markups
+    from ..data.markups import FLIP, read_markups
 
     points = read_markups(path)
     lps = np.array([p.ras for p in points]) * FLIP
@@ -111,7 +105,7 @@ def markups_layer(path: str | Path) -> LayerData:
 
 
 def _stem(path: Path) -> str:
-    from ..io import path_stem
+    from ..data.image import path_stem
 
     name = Path(path).name
     for suffix in (".mrk.json", ".fcsv", ".json"):

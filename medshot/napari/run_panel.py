@@ -127,7 +127,7 @@ class RunPanel(QWidget):
     # -- settings ----------------------------------------------------------------------------
 
     def set_template(self, path: str | Path) -> None:
-        from ..volume.template3d import is_volume_template
+        from ..data.template import is_volume_template
 
         self.template_edit.setText(str(path))
         self._fill_segmenters(volume=bool(str(path)) and is_volume_template(path))
@@ -163,15 +163,15 @@ class RunPanel(QWidget):
         """
         from napari.qt.threading import create_worker
 
-        from ..volume.template3d import is_volume_template
-        from .runner import list_any_targets, run_targets
+        from ..data.template import is_volume_template
+        from .runner import list_targets, run_targets
 
         if self.worker is not None:
             raise MedshotError("a run is already going; cancel it first")
         template, out = self.template_edit.text().strip(), self.out_edit.text().strip()
         if not template or not self.targets() or not out:
             raise MedshotError("choose a template, at least one target and an output folder")
-        targets = list_any_targets(self.targets(), is_volume_template(template))
+        targets = list_targets(self.targets(), is_volume_template(template))
         self._cancel.clear()
         self._total = len(targets)
         self.progress.setRange(0, self._total)

@@ -4,7 +4,8 @@ Each target's outputs are written as ``medshot localize`` / ``segment`` name the
 ``<stem>_mask.png`` (``.nii.gz`` for NIfTI and volumes, in the target's geometry) and the 3D
 Slicer ``<stem>.mrk.json`` — plus ``review.csv``, every target's weakest score, weakest first.
 A target that fails is reported with its one-line reason and the run goes on, as in a batch.
-Corrections made in napari are saved beside them (:func:`save_corrections`).
+Corrections made in napari are saved beside them (:func:`save_corrections`). 2D images and
+volumes take the same path (:class:`medshot.pipeline.OneShot`).
 """
 
 from __future__ import annotations
@@ -20,16 +21,17 @@ from ..core.errors import MedshotError
 
 TASKS = {"localize": (True, False), "segment": (False, True), "localize + segment": (True, True)}
 REVIEW_HEADER = ["target", "score", "status", "weakest", "reason"]
-# Volumes take the carried label map ("classical") or a 3D random walker band around it (see volume/cli3d.py).
-VOLUME_SEGMENTERS = {"classical": "none", "randomwalker": "randomwalker"}
+# Segmenters that work on volumes (Segment Anything is 2D only), as `medshot segment` has them.
+VOLUME_SEGMENTERS = ("classical", "randomwalker")
 
 
 @dataclass
 class TargetOutcome:
-    """One target's results, in medshot's coordinates (2D pixels / canonical volume; see :mod:`.layers`).
+    """One target's results.
 
-    ``points`` are ``(x, y)`` pixels in 2D and source voxels ``(i, j, k)`` for volumes;
-    ``score`` is the weakest of the label scores and landmark confidences (NaN when failed).
+    ``points`` are array indices ``(N, ndim)`` of ``image`` (2D ``(row, col)``; volumes the canonical
+    ``(i, j, k)``, see :mod:`medshot.data.image`); ``label_map`` lies on ``image``'s grid; ``score``
+    is the weakest of the label scores and landmark confidences (NaN when failed).
     """
 
     path: Path
@@ -48,16 +50,11 @@ class TargetOutcome:
     label_values: dict[int, int] = field(default_factory=dict)  # internal label -> value in the mask files
 
 
-def load_any_template(path: str | Path):
-    """A 2D :class:`~medshot.template.Template` or a volume template, as the JSON says."""
-    from ..template import Template
-    from ..volume.template3d import VolumeTemplate, is_volume_template
+def load_template(path: str | Path):
+    """The :class:`~medshot.data.template.Template` (2D or volume) a JSON describes."""
+    from ..data.template import Template
 
-    return VolumeTemplate.load(path) if is_volume_template(path) else Template.load(path)
-
-
-def is_volume_template_object(template) -> bool:
-    return hasattr(template, "landmarks_ijk")
+    return Template.load(path)
 
 
 def runnable_backbones() -> list[str]:
@@ -68,23 +65,36 @@ def runnable_backbones() -> list[str]:
 
 
 def runnable_segmenters(volume: bool) -> list[str]:
-    """Segmenters that can run here; for volumes the two volume refinements."""
-    if volume:
-        return list(VOLUME_SEGMENTERS)
+    """Segmenters that can run here (for a volume template, those that work on volumes)."""
     from ..segment import segmenter_names, segmenter_status
 
-    return [name for name in segmenter_names() if segmenter_status(name)[0]]
+    return [name for name in segmenter_names()
+            if segmenter_status(name)[0] and (not volume or name in VOLUME_SEGMENTERS)]
 
 
-def list_any_targets(paths: list[str | Path], volume: bool) -> list[Path]:
-    """Targets (files, folders) expanded as ``medshot localize`` expands them for this kind of template."""
-    if volume:
-        from ..volume.cli3d import list_volume_targets
+def list_targets(paths: list[str | Path], volume: bool) -> list[Path]:
+    """Targets (files, folders) expanded into images, or volumes for a volume template.
 
-        return list_volume_targets([str(p) for p in paths])
-    from ..outdir import list_targets
+    For a 2D template a folder holds image files (the slices of a DICOM series folder, one by one);
+    for a volume template a folder holds volumes (3D NIfTI files, DICOM series folders) or is a
+    DICOM series itself. A target of the other kind is an error naming it.
+    """
+    from ..data.read import is_image_path, is_volume_path, list_images
 
-    return list_targets(paths)
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir() and not volume:
+            found = sorted(q for q in p.iterdir() if is_image_path(q))
+            if not found:
+                raise MedshotError("folder holds no image", p)
+            files.extend(found)
+        else:
+            files.extend(list_images([p]))
+    for f in files:
+        if is_volume_path(f) != volume:
+            raise MedshotError("template is a volume but this target is not a 3D NIfTI or DICOM series folder"
+                               if volume else "target is a volume but the template is a 2D image", f)
+    return files
 
 
 def run_targets(template_path: str | Path, targets: list[Path], out: str | Path, task: str = "localize + segment",
@@ -95,57 +105,45 @@ def run_targets(template_path: str | Path, targets: list[Path], out: str | Path,
     Raises
     ------
     MedshotError
-        Before any target: the template, the task or the output folder is unusable.
+        Before any target: the template, the task, the segmenter or the output folder is unusable.
     """
-    from ..outputs import make_output_dir
+    from ..data.write import make_output_dir
+    from ..pipeline import OneShot
 
-    template = load_any_template(template_path)
-    volume = is_volume_template_object(template)
+    template = load_template(template_path)
     if task not in TASKS:
         raise MedshotError(f"task must be one of {', '.join(TASKS)}, got '{task}'")
     want_landmarks, want_masks = TASKS[task]
     want_landmarks = want_landmarks and bool(template.landmarks)
-    want_masks = want_masks and (template.mask is not None or bool(getattr(template, "prompts", None)))
+    want_masks = want_masks and (template.mask is not None or bool(template.prompts))
     if not (want_landmarks or want_masks):
         raise MedshotError(f"the template has nothing to {task}", template_path)
+    if template.ndim == 3 and want_masks and segmenter not in VOLUME_SEGMENTERS:
+        raise MedshotError(f"volumes take the segmenter {' or '.join(VOLUME_SEGMENTERS)}, not '{segmenter}'")
     out = make_output_dir(out)
-    shot = _make_shot(template, volume, backbone, segmenter)
+    shot = OneShot(template, backbone=backbone, segmenter=segmenter)
     done: list[TargetOutcome] = []
     for path in map(Path, targets):
         if cancelled():
             return
-        outcome = _run_one(shot, volume, path, out, want_landmarks, want_masks)
+        outcome = _run_one(shot, path, out, want_landmarks, want_masks)
         done.append(outcome)
         _write_review(out, done)
         yield outcome
 
 
-def _make_shot(template, volume: bool, backbone: str, segmenter: str):
-    if volume:
-        from ..volume.pipeline3d import VolumeShot
-
-        if segmenter not in VOLUME_SEGMENTERS:
-            raise MedshotError(f"volumes take the segmenter classical or randomwalker, not '{segmenter}'")
-        return VolumeShot(template, backbone=backbone, refine=VOLUME_SEGMENTERS[segmenter])
-    from ..pipeline import OneShot
-
-    return OneShot(template, backbone=backbone, segmenter=segmenter)
+def one_line(text: str, limit: int = 400) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _run_one(shot, volume: bool, path: Path, out: Path, landmarks: bool, masks: bool) -> TargetOutcome:
-    from ..batch import one_line
-    from ..io import check_contrast, path_stem
+def _run_one(shot, path: Path, out: Path, landmarks: bool, masks: bool) -> TargetOutcome:
+    from ..data.image import path_stem
+    from ..data.read import check_contrast
 
-    stem = path_stem(path) if not volume else _volume_stem(path)
+    stem = path_stem(path)
     try:
-        if volume:
-            from ..volume.io3d import load_volume
-
-            image = load_volume(path)
-        else:
-            from ..io import load_image
-
-            image = load_image(path)
+        image = shot.load(path)
         check_contrast(image.array, path)
         result = shot.run(image, landmarks=landmarks, masks=masks)
     except MedshotError as exc:
@@ -158,17 +156,10 @@ def _run_one(shot, volume: bool, path: Path, out: Path, landmarks: bool, masks: 
     if landmarks:
         outcome.names = [lm.name for lm in result.landmarks]
         outcome.confidences = [float(lm.confidence) for lm in result.landmarks]
-        outcome.points = (np.array([lm.ijk for lm in result.landmarks], float).reshape(-1, 3) if volume
-                          else result.landmarks_xy)
+        outcome.points = result.landmark_points
     _summarise(outcome, shot.template.labels)
-    outcome.files = _write_outputs(outcome, shot, result, out, volume)
+    outcome.files = _write_outputs(outcome, shot, out)
     return outcome
-
-
-def _volume_stem(path: Path) -> str:
-    from ..volume.io3d import volume_stem
-
-    return volume_stem(path)
 
 
 def _summarise(outcome: TargetOutcome, label_names: dict[int, str]) -> None:
@@ -181,22 +172,19 @@ def _summarise(outcome: TargetOutcome, label_names: dict[int, str]) -> None:
         outcome.status = score_status(outcome.score)
 
 
-def _write_outputs(outcome: TargetOutcome, shot, result, out: Path, volume: bool) -> list[Path]:
-    from ..markups import landmark_markups_bytes, volume_markups_bytes
-    from ..outputs import file_label_values, label_map_bytes, mask_suffix, write_bytes_atomic
+def _write_outputs(outcome: TargetOutcome, shot, out: Path) -> list[Path]:
+    from ..data.markups import markups_bytes
+    from ..data.write import file_label_values, label_map_bytes, mask_suffix, write_bytes_atomic
+    from ..pipeline import score_status
 
     files: dict[str, bytes] = {}
+    image = outcome.image
     if outcome.label_map is not None:
         labels = file_label_values(outcome.label_map, shot.template.label_values)
-        if volume:
-            from ..volume.io3d import label_volume_bytes
-
-            files[outcome.stem + "_mask.nii.gz"] = label_volume_bytes(labels, outcome.image)
-        else:
-            files[outcome.stem + mask_suffix(outcome.image)] = label_map_bytes(labels, outcome.image)
+        files[outcome.stem + mask_suffix(image)] = label_map_bytes(labels, image)
     if outcome.names:
-        files[outcome.stem + ".mrk.json"] = (volume_markups_bytes(result.landmarks) if volume
-                                            else landmark_markups_bytes(outcome.image, result.landmarks))
+        descriptions = [f"medshot confidence {c:.3f} ({score_status(c)})" for c in outcome.confidences]
+        files[outcome.stem + ".mrk.json"] = markups_bytes(image, outcome.names, outcome.points, descriptions)
     return [write_bytes_atomic(out / name, blob) for name, blob in files.items()]
 
 
@@ -206,7 +194,7 @@ def review_order(outcomes: list[TargetOutcome]) -> list[TargetOutcome]:
 
 
 def _write_review(out: Path, outcomes: list[TargetOutcome]) -> None:
-    from ..outputs import write_csv
+    from ..data.write import write_csv
 
     rows = [[str(o.path), "" if math.isnan(o.score) else round(o.score, 4), o.status, o.weakest, o.reason]
             for o in review_order(outcomes)]
@@ -223,20 +211,19 @@ def save_corrections(out: str | Path, frame, stem: str, label_map: np.ndarray | 
     frame : Frame
         The target's frame (:mod:`.layers`).
     label_map : ndarray, optional
-        Medshot layout (2D ``(H, W)``; volume canonical); written as ``<stem>_corrected_mask.png``
+        On the target's grid (2D ``(H, W)``; volume canonical); written as ``<stem>_corrected_mask.png``
         (``.nii.gz`` for NIfTI and volumes, in the target's geometry).
     landmarks : (names, points), optional
         Points in napari data coordinates; written as ``<stem>_corrected.mrk.json`` (LPS mm) and
         ``<stem>_corrected_landmarks.csv`` (the CSV ``medshot template --landmarks`` reads).
     """
-    from ..outputs import make_output_dir, mask_suffix, write_bytes_atomic
+    from ..data.write import make_output_dir, mask_suffix, write_bytes_atomic
     from .writer import label_bytes_in_frame, write_landmarks
 
     out = make_output_dir(out)
     written = []
     if label_map is not None:
-        suffix = "_mask.nii.gz" if frame.is_volume else mask_suffix(frame.source)
-        path = out / f"{stem}_corrected{suffix}"
+        path = out / f"{stem}_corrected{mask_suffix(frame.source)}"
         written.append(write_bytes_atomic(path, label_bytes_in_frame(frame, label_map, path, label_values)))
     if landmarks is not None and len(landmarks[0]):
         for name in (f"{stem}_corrected.mrk.json", f"{stem}_corrected_landmarks.csv"):

@@ -1,8 +1,8 @@
-"""Saving a template annotated in napari, through the same classes as ``medshot template`` (no Qt).
+"""Saving a template annotated in napari, through the same class as ``medshot template`` (no Qt).
 
-Kept apart from the panel so that the JSON contract has one call site to re-point: what the panel
-collects (names, points, a label map, label names) becomes a :class:`~medshot.template.Template`
-or :class:`~medshot.volume.template3d.VolumeTemplate`, is validated and saved by its own ``save``.
+Kept apart from the panel so that the JSON contract has one call site: what the panel collects
+(names, points, a label map, label names) becomes a :class:`~medshot.data.template.Template`
+(2D or volume alike), is validated and saved by its own ``save``.
 """
 
 from __future__ import annotations
@@ -39,18 +39,22 @@ def save_template(path: Path, frame: Frame, landmarks: tuple[list[str], np.ndarr
     landmarks : (names, points) or None
         Points ``(N, ndim)`` in napari data coordinates of the image, in the template's order.
     prompts : (labels, positive flags, points) or None
-        2D only; points ``(N, 2)`` in napari data coordinates.
+        Points ``(N, ndim)`` in napari data coordinates.
     mask : ndarray or None
-        Label map in medshot's layout (2D ``(H, W)``; volume canonical ``(X, Y, Z)``).
+        Label map on the image's grid (2D ``(H, W)``; volume canonical ``(X, Y, Z)``).
     label_names : dict
         Label -> name; unnamed labels are called ``label <n>`` as ``medshot template`` calls them.
 
     Raises
     ------
     MedshotError
-        Nothing to save, unnamed or repeated landmark names, prompt points on a volume, or a
-        template that does not validate (a landmark outside the image, say).
+        Nothing to save, unnamed or repeated landmark names, or a template that does not validate
+        (a landmark outside the image, say).
     """
+    from ..core.labels import choose_labels, sample_prompts
+    from ..data.annotations import Landmark
+    from ..data.template import PromptPoints, Template
+
     path = Path(path)
     if not path.name.lower().endswith(".json"):
         raise MedshotError("a template is saved as a .json file", path)
@@ -65,21 +69,36 @@ def save_template(path: Path, frame: Frame, landmarks: tuple[list[str], np.ndarr
     if len(set(names)) != len(names):
         dup = sorted({n for n in names if names.count(n) > 1})
         raise MedshotError(f"landmark names repeat ({', '.join(dup)})", path)
-    if frame.is_volume and prompts is not None:
-        raise MedshotError("volume templates hold no prompt points; remove them or paint the label map", path)
     mask_path = _write_mask(path, frame, mask) if mask is not None else None
-    if frame.is_volume:
-        return _save_volume(path, frame, names, landmarks, mask, mask_path, label_names)
-    return _save_2d(path, frame, names, landmarks, prompts, mask, mask_path, label_names)
+    template = Template.from_image(image, mask_path=mask_path, window=frame.info.get("window"),
+                                   slice_index=frame.info.get("slice_index"))
+    if landmarks:
+        points = frame.points_from_display(landmarks[1])
+        template.landmarks = [Landmark(n, p) for n, p in zip(names, points)]
+    placed: dict[int, tuple[list, list]] = {}
+    if prompts is not None:
+        points = frame.points_from_display(prompts[2])
+        for label, positive, point in zip(prompts[0], prompts[1], points):
+            placed.setdefault(int(label), ([], []))[0 if bool(positive) else 1].append(point)
+    if mask is not None:
+        template.labels = choose_labels(mask, None, label_names, mask_path)
+    for label in list(template.labels) + sorted(set(placed) - set(template.labels)):
+        if label in placed:
+            pos, neg = (np.array(v, float).reshape(-1, frame.ndim) for v in placed[label])
+        else:  # sampled from the mask, as `medshot template` does
+            pos, neg = sample_prompts(mask == label)
+        template.prompts.append(PromptPoints(label, pos, neg))
+    template.validate()
+    template.save(path)
+    return path
 
 
 def _write_mask(path: Path, frame: Frame, mask: np.ndarray) -> Path:
-    from ..outputs import mask_suffix, write_bytes_atomic
+    from ..data.write import mask_suffix, write_bytes_atomic
     from .writer import label_bytes_in_frame
 
-    suffix = "_mask.nii.gz" if frame.is_volume else mask_suffix(frame.source)
     stem = path.name[: -len(".json")]
-    mask_path = path.parent / f"{stem}{suffix}"
+    mask_path = path.parent / f"{stem}{mask_suffix(frame.source)}"
     if Path(frame.source.path).resolve() == mask_path.resolve():
         raise MedshotError("the mask would overwrite the template image; save the template under another name",
                            mask_path)
@@ -87,49 +106,3 @@ def _write_mask(path: Path, frame: Frame, mask: np.ndarray) -> Path:
     values = frame.info.get("label_values") if set(np.unique(mask).tolist()) <= {0, 1} else None
     write_bytes_atomic(mask_path, label_bytes_in_frame(frame, mask, mask_path, values))
     return mask_path
-
-
-def _save_2d(path: Path, frame: Frame, names: list[str], landmarks, prompts, mask, mask_path,
-             label_names: dict[int, str]) -> Path:
-    from ..template import Landmark, PromptPoints, Template, choose_labels, sample_prompts
-
-    image = frame.source
-    template = Template(image_path=Path(image.path), mask_path=mask_path, window=frame.info.get("window"),
-                        slice_index=image.slice_index if frame.info.get("slice_index") is not None else None)
-    if landmarks:
-        xy = frame.points_from_display(landmarks[1])
-        template.landmarks = [Landmark(n, float(x), float(y)) for n, (x, y) in zip(names, xy)]
-    placed: dict[int, tuple[list, list]] = {}
-    if prompts is not None:
-        xy = frame.points_from_display(prompts[2])
-        for label, positive, point in zip(prompts[0], prompts[1], xy):
-            placed.setdefault(int(label), ([], []))[0 if bool(positive) else 1].append(point)
-    if mask is not None:
-        template.labels = choose_labels(mask, None, label_names, mask_path)
-    for label in list(template.labels) + sorted(set(placed) - set(template.labels)):
-        if label in placed:
-            pos, neg = placed[label]
-            template.prompts.append(PromptPoints(label, np.array(pos, float).reshape(-1, 2),
-                                                 np.array(neg, float).reshape(-1, 2)))
-        else:  # as `medshot template` does for a mask
-            template.prompts.append(sample_prompts(mask == label, label))
-    template.validate()
-    template.save(path)
-    return path
-
-
-def _save_volume(path: Path, frame: Frame, names: list[str], landmarks, mask, mask_path,
-                 label_names: dict[int, str]) -> Path:
-    from ..template import choose_labels
-    from ..volume.template3d import Landmark3D, VolumeTemplate
-
-    vol = frame.source
-    template = VolumeTemplate(image_path=Path(vol.path), mask_path=mask_path, window=frame.info.get("window"))
-    if landmarks:
-        ijk = frame.points_from_display(landmarks[1])
-        template.landmarks = [Landmark3D(n, v) for n, v in zip(names, ijk)]
-    if mask is not None:
-        template.labels = choose_labels(mask, None, label_names, mask_path)
-    template.validate()
-    template.save(path)
-    return path

@@ -5,15 +5,14 @@ The panel works on layers made by medshot's reader (they carry the image's :clas
 * **Landmarks**: a Points layer whose ``name`` feature names each point. Place points with
   napari's add tool (each new point takes the name typed in the panel, or the next ``L<n>``),
   rename them in the list, reorder them with Up/Down, delete them.
-* **Prompts** (2D only; volume templates carry none, see :mod:`medshot.volume.template3d`):
-  positive and negative points, each with the label it belongs to.
+* **Prompts**: positive and negative points, each with the label it belongs to.
 * **Mask**: a Labels layer to paint (2D or 3D) and a table of label names.
 
 "Save template" writes the mask beside the JSON (``<json stem>_mask.png``, or ``.nii.gz`` in the
 image's geometry for NIfTI images and volumes) and the JSON itself through the same
-:class:`~medshot.template.Template` / :class:`~medshot.volume.template3d.VolumeTemplate` code as
-``medshot template``; labels without prompt points get them sampled from the mask as
-``medshot template`` does (5 positive, 4 negative), so the JSON is the one the CLI would write.
+:class:`~medshot.data.template.Template` code as ``medshot template``, for 2D images and volumes
+alike; labels without prompt points get them sampled from the mask as ``medshot template`` does
+(5 positive, 4 negative), so the JSON is the one the CLI would write.
 """
 
 from __future__ import annotations
@@ -179,7 +178,6 @@ class TemplatePanel(QWidget):
         self.landmarks_layer = found.get("landmarks")
         self.prompts_layer = found.get("prompts")
         self.mask_layer = found.get("mask")
-        self.prompt_box.setVisible(not frame.is_volume)
         self.label_table.setRowCount(0)
         names = dict(frame.info.get("labels") or {})
         if self.mask_layer is not None:
@@ -196,14 +194,14 @@ class TemplatePanel(QWidget):
         self._update_defaults()
 
     def ensure_layers(self) -> None:
-        """Add empty landmarks, prompts (2D) and mask layers for the current image where it has none."""
+        """Add empty landmarks, prompts and mask layers for the current image where it has none."""
         frame = self.frame
         if frame is None:
             raise MedshotError("open an image with medshot's reader first (File ▸ Open, or `medshot annotate IMAGE`)")
         if self.mask_layer is None:
             data, kwargs, _ = mask_layer(frame)
             self.mask_layer = self.viewer.add_labels(data, **kwargs)
-        if self.prompts_layer is None and not frame.is_volume:
+        if self.prompts_layer is None:
             data, kwargs, _ = prompts_layer(frame)
             self.prompts_layer = self.viewer.add_points(data, **kwargs)
             self._watch(self.prompts_layer)
@@ -223,7 +221,7 @@ class TemplatePanel(QWidget):
         return [] if layer is None or len(layer.data) == 0 else [str(n) for n in layer.features["name"]]
 
     def add_landmark(self, name: str, point) -> None:
-        """Add a landmark at ``point`` in medshot coordinates (2D ``(x, y)`` pixels; volume ``(i, j, k)`` voxels)."""
+        """Add a landmark at ``point``, array indices of the image (2D ``(row, col)``; volume ``(i, j, k)``)."""
         self.ensure_layers()
         self._add_point(self.landmarks_layer, self.frame.points_to_display(np.asarray(point, float))[0],
                         {"name": str(name)})
@@ -279,10 +277,8 @@ class TemplatePanel(QWidget):
     # -- prompts and labels ------------------------------------------------------------------
 
     def add_prompt(self, label: int, point, positive: bool = True) -> None:
-        """Add a prompt point of ``label`` at ``(x, y)`` pixels (2D templates)."""
+        """Add a prompt point of ``label`` at ``point``, array indices of the image (as :meth:`add_landmark`)."""
         self.ensure_layers()
-        if self.prompts_layer is None:
-            raise MedshotError("volume templates hold no prompt points (their label map is carried instead)")
         self._add_point(self.prompts_layer, self.frame.points_to_display(np.asarray(point, float))[0],
                         {"label": int(label), "positive": bool(positive)},
                         POSITIVE_COLOR if positive else NEGATIVE_COLOR)

@@ -25,7 +25,7 @@ NIFTI = (".nii", ".nii.gz")
 
 def write_labels(path: str, data: Any, attributes: dict) -> list[str]:
     """napari's labels writer hook; returns the written path."""
-    from ..outputs import write_bytes_atomic
+    from ..data.write import write_bytes_atomic
 
     out = Path(path)
     frame = frame_of(attributes)
@@ -42,29 +42,23 @@ def write_labels(path: str, data: Any, attributes: dict) -> list[str]:
 
 
 def label_bytes_in_frame(frame: Frame, labels: np.ndarray, out: Path, values: dict | None = None) -> bytes:
-    """A label map in medshot's layout (2D ``(H, W)``; volume canonical) as file bytes for ``out``'s suffix.
+    """A label map on the image's grid (2D ``(H, W)``; volume canonical) as file bytes for ``out``'s suffix.
 
     ``values`` maps internal labels to the values the template's mask file used (``{1: 255}``).
     """
-    from ..outputs import file_label_values, label_map_bytes
+    from ..data.write import file_label_values, label_map_bytes
 
     labels = file_label_values(labels, values)
     name = out.name.lower()
-    if frame.is_volume:
-        from ..volume.io3d import label_volume_bytes
-
-        if not name.endswith(NIFTI):
-            raise MedshotError("a volume's label map is written as .nii or .nii.gz", out)
-        return label_volume_bytes(labels, frame.source)
-    if name.endswith(NIFTI):
-        if frame.source.kind == "nifti":
-            return label_map_bytes(labels, frame.source)
-        from ..markups import pixel_matrix
-
-        # Array axis 0 = rows (y), 1 = columns (x), as medshot reads a 2D NIfTI back.
-        swap = np.array([[0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]], float)
-        return _nifti_bytes(labels, pixel_matrix(frame.source) @ swap)
-    return _raster_bytes(labels, out)
+    image = frame.source
+    if frame.is_volume and not name.endswith(NIFTI):
+        raise MedshotError("a volume's label map is written as .nii or .nii.gz", out)
+    if not name.endswith(NIFTI):
+        return _raster_bytes(labels, out)
+    if image.kind in ("nifti", "dicom") and (image.ndim == 3 or image.source is not None):
+        return label_map_bytes(labels, image)  # the file's own geometry (a volume's source axis order)
+    # Anything else (a raster or DICOM file written as NIfTI): the image's affine, index (row, col[, k]) -> RAS.
+    return _nifti_bytes(labels, image.affine)
 
 
 def _plain_label_bytes(labels: np.ndarray, out: Path, attributes: dict) -> bytes:
@@ -83,7 +77,7 @@ def _plain_label_bytes(labels: np.ndarray, out: Path, attributes: dict) -> bytes
 def _raster_bytes(labels: np.ndarray, out: Path) -> bytes:
     from PIL import Image
 
-    from ..outputs import label_dtype, png_bytes
+    from ..data.write import label_dtype, png_bytes
 
     name = out.name.lower()
     if labels.ndim != 2:
@@ -102,7 +96,7 @@ def _raster_bytes(labels: np.ndarray, out: Path) -> bytes:
 def _nifti_bytes(labels: np.ndarray, affine: np.ndarray) -> bytes:
     import nibabel as nib
 
-    from ..outputs import label_dtype, nifti_gz_bytes
+    from ..data.write import label_dtype, nifti_gz_bytes
 
     dtype = label_dtype(labels)
     img = nib.Nifti1Image(labels.astype(dtype), affine)
@@ -139,8 +133,8 @@ def point_names(features, n: int) -> list[str]:
 def write_landmarks(out: Path, frame: Frame | None, names: list[str], data: np.ndarray,
                     attributes: dict | None = None) -> Path:
     """Points in napari data coordinates as a landmark ``.csv`` or ``.mrk.json`` (see the module docstring)."""
-    from ..markups import FLIP, write_markups
-    from ..outputs import write_csv
+    from ..data.markups import FLIP, write_markups
+    from ..data.write import write_csv
 
     name = out.name.lower()
     data = np.asarray(data, float).reshape(len(names), -1)
@@ -156,13 +150,13 @@ def write_landmarks(out: Path, frame: Frame | None, names: list[str], data: np.n
     if frame is None:
         write_csv(out, ["name", "x_lps", "y_lps", "z_lps"], [[n, *np.round(p, 4)] for n, p in zip(names, lps)])
     elif frame.is_volume:
-        ijk = frame.points_from_display(data)
+        ijk = frame.source.index_to_source(frame.points_from_display(data))  # the file's own voxel indices
         write_csv(out, ["name", "i", "j", "k", "x_mm", "y_mm", "z_mm"],
                   [[n, *np.round(v, 3), *np.round(w, 3)] for n, v, w in zip(names, ijk, ras)])
     else:
-        xy = frame.points_from_display(data)
+        rc = frame.points_from_display(data)
         write_csv(out, ["name", "x", "y"],
-                  [[n, round(float(x), 3), round(float(y), 3)] for n, (x, y) in zip(names, xy)])
+                  [[n, round(float(col), 3), round(float(row), 3)] for n, (row, col) in zip(names, rc)])
     return out
 
 

@@ -1,21 +1,30 @@
-"""`medshot demo`: the whole pipeline on synthetic cases the package makes, with known truth."""
+"""``medshot demo``: the whole pipeline on synthetic cases the package makes, with known truth (offline)."""
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import numpy as np
 
-from .io import OutputSet, save_png, write_csv
-from .synthetic import LANDMARK_NAMES, make_phantom, random_warp
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("demo", help="run end to end on a synthetic case the package makes (offline)")
+    p.add_argument("--out", default="medshot-demo", help="output folder (default: medshot-demo)")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    return run_demo(Path(args.out))
 
 
 def run_demo(out_dir: Path, n_targets: int = 3) -> int:
     """Write a template and warped targets, run localize + segment, report Dice and NED."""
-    from .evaluation.metrics import dice_per_label, normalized_distance
-    from .pipeline import OneShot
-    from .template import Template
-    from .viz import overlay
+    from ..data.template import Template
+    from ..data.write import OutputSet, save_png, write_csv
+    from ..evaluation.metrics import dice_per_label, normalized_distance
+    from ..pipeline import OneShot
+    from ..synthetic import LANDMARK_NAMES, make_phantom, random_warp
+    from ..viz import overlay
 
     source = make_phantom()
     cases = [random_warp(source, seed=s)[0] for s in range(1, n_targets + 1)]
@@ -39,9 +48,10 @@ def run_demo(out_dir: Path, n_targets: int = 3) -> int:
               "weights-free backend")
         for i, case in enumerate(cases, start=1):
             result = shot.run(data / "targets" / f"target_{i}.png")
+            truth = case.landmarks_xy[:, ::-1]  # the phantom's (x, y) as (row, col)
             dice = dice_per_label(result.label_map, case.mask)
-            ned = normalized_distance(result.landmarks_xy, case.landmarks_xy, case.image.shape)
-            pic = overlay(case.image, result.label_map, result.landmarks_xy, truth_xy=case.landmarks_xy)
+            ned = normalized_distance(result.landmark_points, truth, case.image.shape)
+            pic = overlay(case.image, result.label_map, result.landmark_points, truth=truth)
             save_png(out.path_for(f"target_{i}_overlay.png"), pic)
             print(f"  target_{i}: Dice organ A {dice[1]:.3f}, organ B {dice[2]:.3f}; "
                   f"landmark NED median {np.median(ned):.4f} (max {ned.max():.4f}); {result.seconds:.2f} s")
@@ -52,3 +62,6 @@ def run_demo(out_dir: Path, n_targets: int = 3) -> int:
     print(f"  medshot segment --template {data}/template.json --out {out_dir}/seg {data}/targets")
     print(f"  medshot localize --template {data}/template.json --out {out_dir}/loc {data}/targets")
     return 0
+
+
+COMMANDS = {"demo": cmd_demo}

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .core.errors import MedshotError
+from ..core.errors import MedshotError
 from .outdir import OutputFolder, settings_key
 
 Work = Callable[[Any, Path], tuple[dict[str, bytes], list[list]]]

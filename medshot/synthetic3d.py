@@ -159,7 +159,12 @@ def landmarks_voxel(phantom: Phantom3D, affine: np.ndarray, warp: Warp3D | None 
 
 def write_dicom_series(array: np.ndarray, affine: np.ndarray, folder, slope: float = 1.0, intercept: float = 0.0,
                        shuffle_seed: int | None = 0, modality: str = "CT", series_uid: str | None = None) -> list:
-    """Write a volume as a DICOM series: one file per ``array[:, :, k]`` (columns = i, rows = j).
+    """Write a volume as a DICOM series: one file per ``array[:, :, k]`` (rows = i, columns = j).
+
+    The array's layout is the one :func:`medshot.data.read.read_image` gives a DICOM series as its
+    source array, ``(rows, columns, slices)``: the series reads back as ``array`` with ``affine``
+    when ``array``'s third axis runs along the slice normal (the row direction crossed with the
+    column direction, in which order readers stack the slices), else with that axis reversed.
 
     The geometry comes from ``affine`` (RAS, as for NIfTI): ImagePositionPatient,
     ImageOrientationPatient, PixelSpacing and SliceThickness are set in DICOM's LPS convention, and
@@ -176,9 +181,9 @@ def write_dicom_series(array: np.ndarray, affine: np.ndarray, folder, slope: flo
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ np.asarray(affine, float)
-    col_step, row_step, slice_step = lps[:3, 0], lps[:3, 1], lps[:3, 2]
+    row_step, col_step, slice_step = lps[:3, 0], lps[:3, 1], lps[:3, 2]  # down the rows, along a row
     dx, dy = float(np.linalg.norm(col_step)), float(np.linalg.norm(row_step))
-    iop = list(col_step / dx) + list(row_step / dy)
+    iop = list(col_step / dx) + list(row_step / dy)  # along a row, then down a column
     series_uid = series_uid or generate_uid()
     study_uid = generate_uid()
     n = array.shape[2]
@@ -190,7 +195,7 @@ def write_dicom_series(array: np.ndarray, affine: np.ndarray, folder, slope: flo
         instance = list(rng.permutation(n) + 1)
     paths = []
     for k in range(n):
-        stored = np.round((array[:, :, k].T - intercept) / slope)  # rows = j, columns = i
+        stored = np.round((array[:, :, k] - intercept) / slope)  # rows = i, columns = j
         meta = FileMetaDataset()
         meta.MediaStorageSOPClassUID = pydicom.uid.CTImageStorage
         meta.MediaStorageSOPInstanceUID = generate_uid()

@@ -24,9 +24,10 @@ import socket
 from collections.abc import Sequence
 from pathlib import Path
 
-from .core.errors import MedshotError
-from .io import IMAGE_SUFFIXES, is_image_path
-from .outputs import csv_text, make_output_dir, write_bytes_atomic
+from ..core.errors import MedshotError
+from ..data.dicom import dicom_files, is_dicom_series_dir
+from ..data.read import IMAGE_SUFFIXES, NIFTI_SUFFIXES, is_image_path, suffix
+from ..data.write import csv_text, make_output_dir, write_bytes_atomic
 
 RUN_RECORD = "medshot-run.json"
 LOCK_FILE = ".medshot.lock"
@@ -55,27 +56,44 @@ def refuse_output_folder(folder: Path) -> None:
         raise MedshotError(f"is a medshot output folder (it holds {RUN_RECORD}), not a folder of targets", folder)
 
 
-def list_targets(paths: Sequence[str | Path]) -> list[Path]:
-    """Files and folders -> sorted image files, leaving out medshot's own outputs.
+def list_targets(paths: Sequence[str | Path], volumes: bool = False) -> list[Path]:
+    """Files and folders -> the targets they hold, sorted per folder, leaving out medshot's own outputs.
 
-    A folder that holds a run record is refused as a whole; in other folders, files named like
-    medshot outputs (``*_mask.png``, ``*_overlay.png``, ``*_mask.nii.gz`` ...) are skipped.
+    For a 2D template a folder holds image files; for a volume template, 3D NIfTI files and DICOM
+    series sub-folders (and a DICOM series folder given as a target is one volume). A folder that
+    holds a run record is refused as a whole; in other folders, names like medshot's outputs
+    (``*_mask.png``, ``*_overlay.png``, ``*_mask.nii.gz`` ...) are skipped.
     """
     out: list[Path] = []
     for p in map(Path, paths):
         if not p.exists():
             raise MedshotError("file not found", p)
-        if p.is_dir():
-            refuse_output_folder(p)
-            found = sorted(q for q in p.iterdir() if is_image_path(q) and not is_output_name(q))
-            if not found:
-                raise MedshotError(f"folder holds no image ({', '.join(IMAGE_SUFFIXES)}) other than medshot "
-                                   f"outputs" if any(p.iterdir()) else
-                                   f"folder holds no image ({', '.join(IMAGE_SUFFIXES)})", p)
-            out.extend(found)
-        else:
+        if not p.is_dir():
             out.append(p)
+            continue
+        refuse_output_folder(p)
+        if volumes and is_dicom_series_dir(p):
+            out.append(p)
+            continue
+        found = sorted(q for q in p.iterdir() if not is_output_name(q) and _holds_target(q, volumes))
+        if not found:
+            raise MedshotError(_nothing_found(p, volumes), p)
+        out.extend(found)
     return out
+
+
+def _holds_target(path: Path, volumes: bool) -> bool:
+    if volumes:
+        return (path.is_file() and suffix(path) in NIFTI_SUFFIXES) or (path.is_dir() and is_dicom_series_dir(path))
+    return is_image_path(path)
+
+
+def _nothing_found(folder: Path, volumes: bool) -> str:
+    if volumes:
+        hint = " (a single DICOM file is not a series)" if dicom_files(folder) else ""
+        return f"folder holds no volume (3D .nii/.nii.gz or DICOM series folder){hint}"
+    what = f"folder holds no image ({', '.join(IMAGE_SUFFIXES)})"
+    return what + " other than medshot outputs" if any(folder.iterdir()) else what
 
 
 def refuse_out_in_targets(out: str | Path, targets: Sequence[str | Path], files: Sequence[Path]) -> None:

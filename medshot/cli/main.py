@@ -1,0 +1,73 @@
+"""The ``medshot`` parser and the dispatch to its commands.
+
+Every command checks all of its inputs before writing anything, writes each output atomically
+and, on a problem a user can fix, prints one line naming the file and exits with status 2.
+``localize`` and ``segment`` then run as a batch (:mod:`medshot.cli.batch`): a target that fails is
+recorded as failed and the batch goes on (exit status 1), and SIGINT keeps finished targets (130).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..core.errors import MedshotError
+from . import annotate, backbones, demo, evaluate, run, template
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+# Sub-commands in the order of ``medshot --help``; each module adds its parser(s) and runs its command(s).
+GROUPS = (template, run, demo, backbones, annotate, evaluate)
+
+
+def version() -> str:
+    from .. import __version__
+
+    return __version__
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="medshot", description=(
+        "One-shot localization and segmentation of medical images and volumes: annotate one template, "
+        "find the same landmarks and structures in new images."))
+    parser.add_argument("--version", action="version", version=f"medshot {version()}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for group in GROUPS:
+        group.add_parser(sub)
+    return parser
+
+
+def commands() -> dict:
+    """Sub-command name -> its function ``(args) -> exit status``."""
+    table: dict = {}
+    for group in GROUPS:
+        table.update(group.COMMANDS)
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``medshot`` with ``argv`` (default: the process's arguments); returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from .batch import BatchInterrupted, one_line
+
+    try:
+        return int(commands()[args.command](args) or 0)
+    except MedshotError as exc:
+        print(f"medshot: error: {one_line(str(exc), 1000)}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except BatchInterrupted as exc:
+        print(f"medshot: interrupted: {exc}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        print("medshot: interrupted; nothing was written", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except OSError as exc:  # a file system problem no check foresaw: still one line, never a traceback
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"medshot: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
