@@ -11,9 +11,8 @@ landmarks of all targets) and seconds per volume. Everything comes from the per-
 
 Methods: ``medshot`` (weights-free 3D descriptors, carried label map + 3D clean-up: segmenter
 ``classical``), ``medshot-rw`` (plus the 3D random-walker band refinement: segmenter
-``randomwalker``), ``affine`` and ``bspline`` (SimpleITK Mattes-MI registration of the whole
-volumes; ``bspline`` = affine + B-spline FFD), and ``affine@medshot`` / ``bspline@medshot``, the
-same registrations started from medshot's global placement instead of the centres of mass.
+``randomwalker``), and the baselines ``identity``, ``affine``, ``demons``, ``bspline`` (SimpleITK
+Mattes-MI affine of the whole volumes, then demons or a B-spline FFD) and ``syn`` (ANTs, optional).
 
 Usage::
 
@@ -45,9 +44,8 @@ TASKS = {
     "openkbp": {"folder": "ct_headneck_oar_openkbp/volumes", "window": (-160.0, 240.0)},
 }
 # benchmark method -> (segmenter, baseline); medshot methods appear as medshot:classical/<segmenter> in the reports
-METHODS = {"medshot": ("classical", None), "medshot-rw": ("randomwalker", None), "affine": (None, "affine"),
-           "bspline": (None, "bspline"), "affine@medshot": (None, "affine@medshot"),
-           "bspline@medshot": (None, "bspline@medshot")}
+METHODS = {"medshot": ("classical", None), "medshot-rw": ("randomwalker", None),
+           **{name: (None, name) for name in ("identity", "affine", "demons", "bspline", "syn")}}
 
 
 def _read(path: Path) -> list[dict]:

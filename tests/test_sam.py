@@ -256,9 +256,9 @@ def test_backbone_and_segmenter_share_model_and_encoder_pass(tiny_dir):
 
 
 def test_oneshot_runs_one_encoder_pass_per_target(tiny_dir, template_files, phantom):
+    from medshot.data.template import Template
     from medshot.pipeline import OneShot
     from medshot.synthetic import random_warp
-    from medshot.data.template import Template
 
     image_path, mask_path, _ = template_files
     template = Template.build(image_path, mask_path)

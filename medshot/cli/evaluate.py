@@ -16,8 +16,8 @@ def add_parser(sub) -> None:
                    help="comma-separated segmenters, or 'all' (default: classical; volumes: classical, "
                         "randomwalker)")
     p.add_argument("--baselines", default="identity,affine,bspline",
-                   help="comma-separated atlas-registration baselines, or 'none' (default: identity,affine,bspline; "
-                        "volumes: affine, bspline, affine@medshot, bspline@medshot)")
+                   help="comma-separated atlas-registration baselines (identity, affine, demons, bspline, syn; "
+                        "images and volumes alike), or 'none' (default: identity,affine,bspline)")
     p.add_argument("--templates", default="first", help="first | all (leave-one-out) | K (default: first)")
     p.add_argument("--template-choice", choices=["spread", "first"], default="spread",
                    help="how --templates K picks: spread evenly over the sorted cases, or the first K")

@@ -20,9 +20,6 @@ import numpy as np
 
 from ..core.errors import MedshotError
 
-# Segmenters that work on volumes (the others, Segment Anything, are 2D only).
-VOLUME_SEGMENTERS = ("classical", "randomwalker")
-
 LANDMARKS_HEADER = {
     2: ["target", "landmark", "x", "y", "confidence", "status", "reason"],
     3: ["target", "landmark", "i", "j", "k", "x_mm", "y_mm", "z_mm", "confidence", "status", "reason"],
@@ -159,12 +156,11 @@ def make_shot(args: argparse.Namespace):
     """The template (loaded and validated) and everything about it computed once: a :class:`OneShot`."""
     from ..data.template import Template
     from ..pipeline import OneShot
+    from ..segment import check_segmenter
 
     template = Template.load(args.template)
     segmenter = getattr(args, "segmenter", None) or "classical"
-    if template.ndim == 3 and segmenter not in VOLUME_SEGMENTERS:
-        raise MedshotError(f"segmenter '{segmenter}' works on 2D images only; volumes take 'classical' (the carried "
-                           f"label map) or 'randomwalker' (a random walker around each carried structure)")
+    check_segmenter(segmenter, template.ndim)
     if getattr(args, "segmenter_weights", None):
         from ..segment import get_segmenter
 

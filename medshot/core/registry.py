@@ -70,6 +70,8 @@ class Entry:
     fixed : mapping
         Keyword arguments the entry always passes to its builder and availability check (e.g. the
         checkpoint of one of several names served by one builder). Users cannot set them as options.
+    dims : tuple of int
+        The image dimensions what it builds handles (2: images, 3: volumes).
     """
 
     name: str
@@ -80,6 +82,7 @@ class Entry:
     checkpoint: str | None = None
     availability: Target | None = None
     fixed: Mapping[str, Any] = field(default_factory=dict)
+    dims: tuple[int, ...] = (2, 3)
 
     def available(self) -> tuple[bool, str]:
         """``(ready, reason)``; any failure of the check (a missing plugin module too) becomes a reason."""
@@ -127,9 +130,15 @@ class Registry:
         """Add ``entry`` (or replace the entry of the same name, keeping its place)."""
         self._entries[entry.name] = entry
 
-    def names(self) -> list[str]:
-        """The registered names, in table order."""
-        return list(self._entries)
+    def names(self, ndim: int | None = None) -> list[str]:
+        """The registered names, in table order (only those that handle ``ndim``-dimensional images, if given)."""
+        return [n for n, e in self._entries.items() if ndim is None or ndim in e.dims]
+
+    def check_dims(self, name: str, ndim: int) -> None:
+        """Raise a :class:`MedshotError` naming the alternatives if ``name`` does not handle ``ndim``-D images."""
+        if ndim not in self.entry(name).dims:
+            what = {2: "2D images", 3: "volumes"}.get(ndim, f"{ndim}-D images")
+            raise MedshotError(f"{self.kind} '{name}' does not work on {what}; these do: {', '.join(self.names(ndim))}")
 
     def entries(self) -> list[Entry]:
         """The registered entries, in table order."""

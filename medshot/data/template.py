@@ -111,7 +111,8 @@ class Template:
         spec = read_template_json(json_path)
         base = json_path.parent
         try:
-            template = cls(image_path=base / spec["image"], mask_path=(base / spec["mask"]) if spec.get("mask") else None,
+            mask_path = (base / spec["mask"]) if spec.get("mask") else None
+            template = cls(image_path=base / spec["image"], mask_path=mask_path,
                            labels={int(k): str(v) for k, v in (spec.get("labels") or {}).items()},
                            window=tuple(float(v) for v in spec["window"]) if spec.get("window") else None,
                            slice_index=spec.get("slice_index"))
@@ -257,7 +258,8 @@ def _entry(point: np.ndarray, image: Image) -> dict:
         return {"x": round(float(point[1]), 3), "y": round(float(point[0]), 3)}
     ijk = image.index_to_source(point)[0]
     xyz = image.index_to_world(point)[0]
-    return {**{k: round(float(v), 3) for k, v in zip("ijk", ijk)}, **{k: round(float(v), 3) for k, v in zip("xyz", xyz)}}
+    return {**{k: round(float(v), 3) for k, v in zip("ijk", ijk)},
+            **{k: round(float(v), 3) for k, v in zip("xyz", xyz)}}
 
 
 def _file_points(points: np.ndarray, image: Image) -> list:

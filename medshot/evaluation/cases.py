@@ -42,9 +42,8 @@ class Case:
     mask : Path or None
         Label map on the image's grid (0 = background).
     landmarks : list
-        Ground-truth points: :class:`medshot.template.Landmark` (``x`` = column, ``y`` = row,
-        pixels) for images, :class:`medshot.volume.template3d.Landmark3D` (source voxel ``ijk``)
-        for volumes.
+        Ground-truth points, :class:`medshot.data.annotations.Landmark`, in the file's own array
+        indices: ``(row, col)`` pixels for images, source voxels ``(i, j, k)`` for volumes.
     spacing : tuple of float or None
         Element size in mm per array axis, when known (header or manifest); HD95 and distances
         are then also reported in mm.

@@ -13,16 +13,9 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
+from ..core.labels import dice  # noqa: F401 - medshot's own Dice (the template also uses it), part of the metrics
+
 CLINICAL_NED = 0.05  # landmark error below 5 % of the image diagonal is the usual clinical bar
-
-
-def dice(prediction: np.ndarray, truth: np.ndarray) -> float:
-    """Dice overlap ``2 |P ∩ T| / (|P| + |T|)`` of two boolean masks of one shape; 1.0 when both are empty."""
-    p, t = np.asarray(prediction, bool), np.asarray(truth, bool)
-    total = p.sum() + t.sum()
-    if total == 0:
-        return 1.0
-    return float(2.0 * np.logical_and(p, t).sum() / total)
 
 
 def dice_per_label(prediction: np.ndarray, truth: np.ndarray, labels: Sequence[int] | None = None) -> dict[int, float]:

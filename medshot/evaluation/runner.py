@@ -122,8 +122,7 @@ class Runner:
         """Segmenters this kind offers (what ``all`` expands to)."""
         from ..segment import segmenter_names
 
-        names = segmenter_names()
-        return names if self.ndim == 2 else [n for n in names if n in ("classical", "randomwalker")]
+        return segmenter_names(self.ndim)
 
     def segmenter_status(self, name: str) -> tuple[bool, str]:
         """Whether a segmenter named by the user runs on this kind here, and why not."""
@@ -132,8 +131,8 @@ class Runner:
         known = segmenter_names()
         if name not in known:
             return False, f"unknown segmenter here (registered: {', '.join(known)})"
-        if self.ndim == 3 and name not in ("classical", "randomwalker"):
-            return False, "not available for volumes (volumes take classical or randomwalker)"
+        if name not in segmenter_names(self.ndim):
+            return False, f"not available for volumes (volumes take {' or '.join(segmenter_names(self.ndim))})"
         return segmenter_status(name)
 
     def baseline_names(self) -> tuple[str, ...]:

@@ -21,8 +21,6 @@ from ..core.errors import MedshotError
 
 TASKS = {"localize": (True, False), "segment": (False, True), "localize + segment": (True, True)}
 REVIEW_HEADER = ["target", "score", "status", "weakest", "reason"]
-# Segmenters that work on volumes (Segment Anything is 2D only), as `medshot segment` has them.
-VOLUME_SEGMENTERS = ("classical", "randomwalker")
 
 
 @dataclass
@@ -68,8 +66,7 @@ def runnable_segmenters(volume: bool) -> list[str]:
     """Segmenters that can run here (for a volume template, those that work on volumes)."""
     from ..segment import segmenter_names, segmenter_status
 
-    return [name for name in segmenter_names()
-            if segmenter_status(name)[0] and (not volume or name in VOLUME_SEGMENTERS)]
+    return [name for name in segmenter_names(3 if volume else 2) if segmenter_status(name)[0]]
 
 
 def list_targets(paths: list[str | Path], volume: bool) -> list[Path]:
@@ -118,10 +115,8 @@ def run_targets(template_path: str | Path, targets: list[Path], out: str | Path,
     want_masks = want_masks and (template.mask is not None or bool(template.prompts))
     if not (want_landmarks or want_masks):
         raise MedshotError(f"the template has nothing to {task}", template_path)
-    if template.ndim == 3 and want_masks and segmenter not in VOLUME_SEGMENTERS:
-        raise MedshotError(f"volumes take the segmenter {' or '.join(VOLUME_SEGMENTERS)}, not '{segmenter}'")
+    shot = OneShot(template, backbone=backbone, segmenter=segmenter)  # refuses a segmenter that cannot take it
     out = make_output_dir(out)
-    shot = OneShot(template, backbone=backbone, segmenter=segmenter)
     done: list[TargetOutcome] = []
     for path in map(Path, targets):
         if cancelled():

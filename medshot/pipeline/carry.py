@@ -123,3 +123,12 @@ def sample_axes(array: np.ndarray, axes: list[np.ndarray]) -> np.ndarray:
         w = (coords - lo).astype(np.float32).reshape([-1 if a == axis else 1 for a in range(array.ndim)])
         out = np.take(out, lo, axis=axis) * (1 - w) + np.take(out, hi, axis=axis) * w
     return out
+
+
+def points_where(points: np.ndarray, region: np.ndarray, inside: bool) -> np.ndarray:
+    """The points (array indices) that lie inside (or outside) ``region``."""
+    if len(points) == 0:
+        return points
+    idx = np.clip(np.round(points).astype(int), 0, np.array(region.shape) - 1)
+    within = np.all((points >= 0) & (points <= np.array(region.shape) - 1), axis=1)
+    return points[within & (region[tuple(idx.T)] == inside)]

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..features.base import FeatureMap
+from ..core.feature_map import FeatureMap
 from ..features.classical import classical_features
 from ..match.points import match_points
+from ..match.rotations import turn_deg
 
 
 def _crop(image: np.ndarray, center: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray]:
@@ -26,11 +27,6 @@ def _crop(image: np.ndarray, center: np.ndarray, radius: int) -> tuple[np.ndarra
     at = np.clip(np.round(center).astype(int), 0, np.array(image.shape) - 1)
     padded = np.pad(image, radius, mode="edge")
     return padded[tuple(slice(a, a + 2 * radius + 1) for a in at)], (at - radius).astype(float)
-
-
-def _unit_map(data: np.ndarray) -> FeatureMap:
-    d = data.ndim - 1
-    return FeatureMap(data, (1.0,) * d, (0.0,) * d, tuple(data.shape[1:]))
 
 
 class FineLandmarks:
@@ -57,7 +53,7 @@ class FineLandmarks:
         self.queries = []
         for p in np.asarray(points, float).reshape(-1, image.ndim):
             crop, origin = _crop(image, p, self.radius)
-            self.queries.append((_unit_map(classical_features(crop)), p - origin))
+            self.queries.append((unit_map(classical_features(crop)), p - origin))
 
     def refine(self, target: np.ndarray, points: np.ndarray) -> np.ndarray:
         """Landmarks ``(K, ndim)`` (target image indices) moved to their full-resolution match."""
@@ -65,8 +61,22 @@ class FineLandmarks:
         radius = self.radius + int(np.ceil(self.search))
         for i, (fmap, query) in enumerate(self.queries):
             crop, origin = _crop(target, out[i], radius)
-            m = match_points(fmap, _unit_map(classical_features(crop)), query[None], initial=out[i:i + 1] - origin,
+            m = match_points(fmap, unit_map(classical_features(crop)), query[None], initial=out[i:i + 1] - origin,
                              radius=self.search, prior_sigma=self.search, patch_radius=self.patch,
                              patch_step=max(1.0, self.step / 2))
             out[i] = m.points[0] + origin
         return out
+
+
+def unit_map(features: np.ndarray) -> FeatureMap:
+    """Unit descriptors ``(C, M, N[, P])`` on a grid of their own as a :class:`FeatureMap`."""
+    d = features.ndim - 1
+    return FeatureMap(features, (1.0,) * d, (0.0,) * d, tuple(features.shape[1:]))
+
+
+def upright(matrix: np.ndarray, max_turn_deg: float = 20.0, max_scale_change: float = 1.25) -> bool:
+    """Whether an affine keeps the template nearly upright and of nearly its own size."""
+    d = matrix.shape[0] - 1
+    sv = np.linalg.svd(matrix[:d, :d], compute_uv=False)
+    return abs(turn_deg(matrix[:d, :d])) <= max_turn_deg and sv[0] <= max_scale_change and \
+        sv[-1] >= 1 / max_scale_change

@@ -28,13 +28,13 @@ from ..features import Backbone, FeatureMap, get_backbone
 from ..match.correspond import Candidate, Correspondence, CorrespondOptions, TemplateSide, correspond
 from ..match.points import match_points
 from ..match.verify import Verification
-from ..segment import Prompt, Segmenter, box_from_points, get_segmenter
-from .carry import carry_labels, carry_points
+from ..segment import Prompt, Segmenter, box_from_points, check_segmenter, get_segmenter
+from .carry import carry_labels, carry_points, points_where
 from .confidence import label_score, landmark_confidence
 from .describe import Descriptors
 from .evidence import Evidence
 from .grids import VolumeStages, WorkGrid, capped_spacing, mapped_box, planar_grid, spaced_grid
-from .landmarks import FineLandmarks
+from .landmarks import FineLandmarks, unit_map, upright
 from .options import default_options
 from .result import LandmarkResult, TargetResult
 
@@ -109,6 +109,8 @@ class OneShot:
         self.template = template
         image = template.image
         self.ndim = image.ndim
+        if isinstance(segmenter, str):
+            check_segmenter(segmenter, self.ndim)  # before any work (or weights) for the template
         self.context = context
         self.search_radius = 0.05  # landmark re-matching window, fraction of the diagonal
         self.prior_sigma = 0.025  # width of the Gaussian prior around the carried position, likewise
@@ -306,15 +308,15 @@ class OneShot:
         diag = float(np.linalg.norm(prepared.work.shape))
         evidence: list = []
         if refine:
-            if _upright(corr.matrix):
+            if upright(corr.matrix):
                 # Nearly upright and of similar size: the template's own descriptors at its own points are
                 # exact, where a resampled template would be slightly blurred.
-                source = stage.fmap or _unit_map(stage.features)
-                target_map = prepared.fmap or _unit_map(prepared.features)
+                source = stage.fmap or unit_map(stage.features)
+                target_map = prepared.fmap or unit_map(prepared.features)
                 query = apply_affine(stage.grid.to_work, t_points)
             else:  # descriptors are not rotation-invariant: describe the template in the target's frame
-                source, query = _unit_map(stage.side.at(corr.backward)[0]), carried
-                target_map = _unit_map(prepared.features)
+                source, query = unit_map(stage.side.at(corr.backward)[0]), carried
+                target_map = unit_map(prepared.features)
             m = match_points(source, target_map, query, initial=carried, radius=self.search_radius * diag,
                              prior_sigma=self.prior_sigma * diag, patch_radius=self.patch_radius)
             # Re-matching is evidence for the confidence even where the carried point is kept (volumes).
@@ -329,7 +331,7 @@ class OneShot:
         if refine and self.refine_landmarks and self._fine is not None:
             step = max(prepared.image.shape) / max(prepared.work.shape)
             image_matrix = prepared.grid.from_work @ corr.matrix @ stage.grid.to_work
-            if step > FINE_STEP and _upright(image_matrix):
+            if step > FINE_STEP and upright(image_matrix):
                 normalized = apply_range(prepared.image.array, intensity_range(prepared.image.array, self.window))
                 points = self._fine.refine(normalized, points)
         world = prepared.image.index_to_world(points)
@@ -360,7 +362,7 @@ class OneShot:
                 neg = carry_points(corr, stage.grid, prepared.grid, pts.negative)
             region = None if carried is None else carried == label
             if region is not None and region.any():
-                pos, neg = _points_where(pos, region, True), _points_where(neg, region, False)
+                pos, neg = points_where(pos, region, True), points_where(neg, region, False)
             box = box_from_points(pos, 0.1, image.shape) if len(pos) else None
             prompts.append(Prompt(label, pos, neg, box=box, mask=region))
         normalized = apply_range(image.array, intensity_range(image.array, self.window))
@@ -397,27 +399,3 @@ class OneShot:
         stage = Stage(t_grid, t_work, None, np.zeros((0, *t_work.shape)), self._first.side, self._first.evidence)
         return stage, Prepared(image, grid, work, None, np.zeros((0, *work.shape))), \
             Correspondence(backward, matrix, chosen, [chosen])
-
-
-def _unit_map(features: np.ndarray) -> FeatureMap:
-    d = features.ndim - 1
-    return FeatureMap(features, (1.0,) * d, (0.0,) * d, tuple(features.shape[1:]))
-
-
-def _upright(matrix: np.ndarray, max_turn_deg: float = 20.0, max_scale_change: float = 1.25) -> bool:
-    """Whether an affine keeps the template nearly upright and of nearly its own size."""
-    from ..match.rotations import turn_deg
-
-    d = matrix.shape[0] - 1
-    sv = np.linalg.svd(matrix[:d, :d], compute_uv=False)
-    return abs(turn_deg(matrix[:d, :d])) <= max_turn_deg and sv[0] <= max_scale_change and \
-        sv[-1] >= 1 / max_scale_change
-
-
-def _points_where(points: np.ndarray, region: np.ndarray, inside: bool) -> np.ndarray:
-    """The points (array indices) that lie inside (or outside) ``region``."""
-    if len(points) == 0:
-        return points
-    idx = np.clip(np.round(points).astype(int), 0, np.array(region.shape) - 1)
-    within = np.all((points >= 0) & (points <= np.array(region.shape) - 1), axis=1)
-    return points[within & (region[tuple(idx.T)] == inside)]

@@ -1,9 +1,9 @@
 """Promptable segmenters behind one interface, by name."""
 
 from .base import Prompt, Segmentation, Segmenter, box_from_mask, box_from_points
-from .catalogue import get_segmenter, register_segmenter, segmenter_names, segmenter_status
+from .catalogue import check_segmenter, get_segmenter, register_segmenter, segmenter_names, segmenter_status
 
 __all__ = [
-    "Prompt", "Segmentation", "Segmenter", "box_from_mask", "box_from_points", "get_segmenter",
+    "Prompt", "Segmentation", "Segmenter", "box_from_mask", "box_from_points", "check_segmenter", "get_segmenter",
     "register_segmenter", "segmenter_names", "segmenter_status",
 ]

@@ -25,7 +25,7 @@ def _entries() -> list[Entry]:
     for name, variant in VARIANTS.items():
         entries.append(Entry(name, "medshot.segment.sam:SamSegmenter", family="sam", description=variant.description,
                              checkpoint=variant.repo_id, availability="medshot.models.sam:availability",
-                             fixed={"name": name}))
+                             fixed={"name": name}, dims=(2,)))
     return entries
 
 
@@ -34,14 +34,21 @@ SEGMENTERS = Registry("segmenter", _entries())
 
 
 def register_segmenter(name: str, factory: Callable[..., Segmenter],
-                       availability: Callable[[], tuple[bool, str]] | None = None) -> None:
-    """Add a segmenter (e.g. a user's own): ``factory(**options)`` builds it, ``availability()`` says if it can run."""
-    SEGMENTERS.register(Entry(name, factory, availability=availability))
+                       availability: Callable[[], tuple[bool, str]] | None = None,
+                       dims: tuple[int, ...] = (2,)) -> None:
+    """Add a segmenter (e.g. a user's own): ``factory(**options)`` builds it, ``availability()`` says if it can run,
+    ``dims`` which image dimensions it handles."""
+    SEGMENTERS.register(Entry(name, factory, availability=availability, dims=tuple(dims)))
 
 
-def segmenter_names() -> list[str]:
-    """Every registered segmenter name, weights-free ``classical`` first."""
-    return SEGMENTERS.names()
+def segmenter_names(ndim: int | None = None) -> list[str]:
+    """Every registered segmenter name (that handles ``ndim``-D images, if given), weights-free ``classical`` first."""
+    return SEGMENTERS.names(ndim)
+
+
+def check_segmenter(name: str, ndim: int) -> None:
+    """A one-line :class:`MedshotError` if segmenter ``name`` is unknown or does not handle ``ndim``-D images."""
+    SEGMENTERS.check_dims(name, ndim)
 
 
 def segmenter_status(name: str) -> tuple[bool, str]:

@@ -163,11 +163,12 @@ def plot_overlays(rows: Sequence[dict], ctx: ReportContext, metric: str, methods
 
 
 def _landmarks_of(rows, method, template, target) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """Predicted and true ``(x, y)`` points of a 2D case (volumes' points are not drawn on a slice)."""
+    """Predicted and true ``(row, col)`` points of a 2D case (volumes' points are not drawn on a slice)."""
     mine = [r for r in rows if r["kind"] == "landmark" and r["method"] == method and r["template"] == template
             and r["target"] == target and "pred_x" in r]
     if not mine:
         return None, None
-    pred = np.array([[float(r["pred_x"]), float(r["pred_y"])] for r in mine])
-    truth = np.array([[float(r["true_x"]), float(r["true_y"])] for r in mine])
+    # cases.csv keeps the files' x = column, y = row
+    pred = np.array([[float(r["pred_y"]), float(r["pred_x"])] for r in mine])
+    truth = np.array([[float(r["true_y"]), float(r["true_x"])] for r in mine])
     return pred, truth
