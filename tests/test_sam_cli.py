@@ -17,9 +17,9 @@ pytest.importorskip("transformers")
 
 from sam_tiny import save_tiny  # noqa: E402
 
+from medshot.data.template import Template  # noqa: E402
 from medshot.data.write import save_png  # noqa: E402
 from medshot.synthetic import make_phantom, random_warp  # noqa: E402
-from medshot.data.template import Template  # noqa: E402
 
 
 @pytest.fixture(scope="module")
