@@ -240,8 +240,8 @@ def label_map_bytes(labels: np.ndarray, like: Image) -> bytes:
 
 
 def save_label_map(path: Path, labels: np.ndarray, like: Image) -> None:
-    """Write a label map in the geometry of ``like`` (see :func:`label_map_bytes`)."""
-    Path(path).write_bytes(label_map_bytes(labels, like))
+    """Write a label map in the geometry of ``like`` (see :func:`label_map_bytes`), atomically."""
+    write_bytes_atomic(path, label_map_bytes(labels, like))
 
 
 def mask_suffix(image: Image) -> str:
