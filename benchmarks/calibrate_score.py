@@ -4,7 +4,7 @@ Runs the default method leave-one-out on the tune half of every 2D task (every t
 template in turn, the other tune-half cases targets), records each label's and landmark's
 evidence (:mod:`medshot.pipeline.evidence`) with its true Dice or distance, fits an L2-penalised logistic
 regression per kind (label: Dice >= 0.5; landmark: distance <= 2 % of the diagonal) with tasks
-weighted equally, and prints the model as Python to paste into ``medshot/confidence.py`` together
+weighted equally, and prints the model as Python to paste into ``medshot/pipeline/confidence.py`` together
 with its ROC AUC on the tune half. The report half is never read: its AUC comes from
 ``evaldata_2d.py --split report``.
 

@@ -9,8 +9,8 @@ target vs the target's own label centroids, both from expert masks; mean and med
 landmarks of all targets) and seconds per volume. Everything comes from the per-task reports
 ``<out>/<task>/`` (cases.csv, summary.csv, report.html), which a rerun resumes.
 
-Methods: ``medshot`` (weights-free 3D descriptors, carried label map + 3D clean-up: segmenter
-``classical``), ``medshot-rw`` (plus the 3D random-walker band refinement: segmenter
+Methods: ``medshot`` (the default: weights-free descriptors, the carried label map: segmenter
+``classical``), ``medshot-rw`` (a random walker around each carried structure: segmenter
 ``randomwalker``), and the baselines ``identity``, ``affine``, ``demons``, ``bspline`` (SimpleITK
 Mattes-MI affine of the whole volumes, then demons or a B-spline FFD) and ``syn`` (ANTs, optional).
 

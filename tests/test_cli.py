@@ -179,6 +179,20 @@ def test_label_in_template_json_absent_from_mask(tmp_path, template_json, capsys
     assert code == 2 and "label 9" in err and "absent" in err
 
 
+def test_bad_window_and_segmenter_weights_are_one_line_errors(tmp_path, template_files, template_json, capsys):
+    image = template_files[0]
+    spec = json.loads(template_json.read_text())
+    for window, words in (([40], "two numbers"), ([240, -160], "low < high")):
+        template_json.write_text(json.dumps({**spec, "window": window}))
+        code, _, err = run(["localize", "--template", template_json, "--out", tmp_path / "o", image], capsys)
+        assert code == 2 and words in err and "template.json" in err and "Traceback" not in err, err
+    template_json.write_text(json.dumps(spec))
+    code, _, err = run(["segment", "--template", template_json, "--out", tmp_path / "o", "--segmenter", "classical",
+                        "--segmenter-weights", str(tmp_path), image], capsys)
+    assert code == 2 and "--segmenter-weights" in err and "Traceback" not in err, err
+    assert not (tmp_path / "o").exists()
+
+
 def test_input_is_never_overwritten(tmp_path, template_files, capsys):
     image, mask, _ = template_files
     before = image.read_bytes()

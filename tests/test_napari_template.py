@@ -150,8 +150,11 @@ def test_save_refuses_what_the_cli_refuses(make_napari_viewer, tmp_path, templat
         panel.save_template(tmp_path / "t.json")
     panel.rename_landmark(1, "b")
     panel.landmarks_layer.data = np.array([[10.0, 10.0], [10.0, 5000.0]])
+    panel.mask_layer.data = phantom.mask.astype(np.int32)
     with pytest.raises(MedshotError, match="outside"):
         panel.save_template(tmp_path / "t.json")
+    # a failed save leaves no mask (nor template) behind
+    assert not list(tmp_path.glob("t.json")) + list(tmp_path.glob("t_*")), list(tmp_path.iterdir())
     panel.path_edit.setText(str(tmp_path / "t.json"))
     panel._save_clicked()  # the button reports instead of raising
     assert "not saved" in panel.status.text()

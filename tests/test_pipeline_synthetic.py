@@ -72,3 +72,18 @@ def test_template_features_are_computed_once(phantom, monkeypatch):
     for seed in (1, 2):
         shot.localize(random_warp(phantom, seed=seed)[0].image)
     assert len(calls) == before + 2  # one descriptor pass per target
+
+
+def test_a_mask_without_named_labels_segments_every_label(shot, phantom, tmp_path):
+    # a hand-written template JSON may give a mask and no "labels": every non-zero value is a label
+    template = medshot.Template.from_image(shot.template.image, mask_path=shot.template.mask_path)
+    result = medshot.OneShot(template).segment(random_warp(phantom, seed=5)[0].image)
+    assert set(np.unique(result.label_map)) - {0} == set(np.unique(phantom.mask)) - {0}
+    assert set(result.scores) == set(np.unique(phantom.mask)) - {0}
+
+
+def test_an_rgb_array_is_an_image_and_a_volume_array_is_refused(shot, phantom):
+    rgb = np.repeat(phantom.image[..., None], 3, axis=2)
+    assert shot.segment(rgb).label_map.shape == phantom.image.shape
+    with pytest.raises(medshot.MedshotError, match="volume"):
+        shot.segment(np.repeat(phantom.image[..., None], 7, axis=2))

@@ -25,6 +25,7 @@ from medshot.models import sam as samodel  # noqa: E402
 from medshot.models.sam import SamFrame  # noqa: E402
 from medshot.segment import Prompt, Segmentation, get_segmenter  # noqa: E402
 from medshot.segment import sam as samseg  # noqa: E402
+from medshot.segment.base import resolve_overlaps  # noqa: E402
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -206,7 +207,7 @@ def test_overlaps_go_to_the_larger_logit():
     b = np.zeros((4, 4), bool)
     b[:, 1:] = True
     la, lb = np.where(a, 1.0, -1.0), np.where(b, 2.0, -1.0)
-    segs = samseg._resolve_overlaps([(Segmentation(1, a.copy(), 0.5), la), (Segmentation(2, b.copy(), 0.5), lb)])
+    segs = resolve_overlaps([(Segmentation(1, a.copy(), 0.5), la), (Segmentation(2, b.copy(), 0.5), lb)])
     assert segs[0].mask[:, 0].all() and not segs[0].mask[:, 1:].any()
     assert segs[1].mask[:, 1:].all()
 

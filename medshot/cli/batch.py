@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..core.errors import MedshotError
+from ..core.errors import MedshotError, one_line
 from .outdir import OutputFolder, settings_key
 
 Work = Callable[[Any, Path], tuple[dict[str, bytes], list[list]]]
@@ -70,11 +70,6 @@ class Outcome:
     rows: list[list] = field(default_factory=list)
     status: str = "ok"
     reason: str = ""
-
-
-def one_line(text: str, limit: int = 400) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def run_target(work: Work, shot: Any, target: str) -> Outcome:

@@ -50,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run ``medshot`` with ``argv`` (default: the process's arguments); returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    from .batch import BatchInterrupted, one_line
+    from ..core.errors import one_line
+    from .batch import BatchInterrupted
 
     try:
         return int(commands()[args.command](args) or 0)

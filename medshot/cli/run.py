@@ -162,8 +162,11 @@ def make_shot(args: argparse.Namespace):
     segmenter = getattr(args, "segmenter", None) or "classical"
     check_segmenter(segmenter, template.ndim)
     if getattr(args, "segmenter_weights", None):
-        from ..segment import get_segmenter
+        from ..segment import get_segmenter, segmenter_checkpoint
 
+        if segmenter_checkpoint(segmenter) is None:
+            raise MedshotError(f"--segmenter-weights is for the Segment Anything segmenters; '{segmenter}' "
+                               "needs no weights")
         segmenter = get_segmenter(segmenter, weights=args.segmenter_weights)
     return OneShot(template, backbone=args.backbone, segmenter=segmenter, work_size=args.work_size,
                    window=tuple(args.window) if args.window else None, backbone_options=backbone_options(args),
@@ -199,7 +202,7 @@ def check_targets(args: argparse.Namespace, ndim: int) -> list[Path]:
     header only (a 3D NIfTI or a DICOM series folder), its data being read when it is processed.
     """
     from ..data.read import check_contrast, is_volume_path, missing_note, read_image
-    from .outdir import list_targets, refuse_out_in_targets
+    from ..data.targets import list_targets, refuse_out_in_targets
 
     files = list_targets(args.targets, volumes=ndim == 3)
     refuse_out_in_targets(args.out, args.targets, files)

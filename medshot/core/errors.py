@@ -16,3 +16,9 @@ class MedshotError(Exception):
 
 class WeightsNotFoundError(MedshotError):
     """A backbone or segmenter needs model weights that are not on this machine."""
+
+
+def one_line(text: str, limit: int = 400) -> str:
+    """``text`` on one line (white space folded), cut to ``limit`` characters: how a failure is reported."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."

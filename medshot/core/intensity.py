@@ -4,9 +4,24 @@ from __future__ import annotations
 
 import numpy as np
 
+from .errors import MedshotError
+
 # Percentiles are taken on at most this many samples: exact for 2D images, a regular subsample of a
 # large volume (a CT has tens of millions of voxels; the range does not need them all).
 PERCENTILE_SAMPLES = 2_000_000
+
+
+def check_window(window, where=None) -> tuple[float, float] | None:
+    """``window`` as ``(low, high)`` floats (None stays None); a one-line :class:`MedshotError` unless low < high."""
+    if window is None:
+        return None
+    try:
+        low, high = (float(v) for v in window)
+    except (TypeError, ValueError) as exc:
+        raise MedshotError(f"an intensity window is two numbers, low and high; got {window!r}", where) from exc
+    if not (np.isfinite(low) and np.isfinite(high) and low < high):
+        raise MedshotError(f"intensity window must have low < high, got {low:g} {high:g}", where)
+    return low, high
 
 
 def intensity_range(array: np.ndarray, window: tuple[float, float] | None = None,

@@ -48,8 +48,7 @@ def sample_prompts(region: np.ndarray, n_positive: int = 5, n_negative: int = 4,
     inner = region & (dist >= max(1.0, 0.5 * dist[region].max()))
     points = np.argwhere(inner).astype(float)
     positive = farthest_points(points, n_positive, int(np.argmax(dist[inner])))
-    # the radius of a disc (ball) with the region's area (volume)
-    radius = (region.sum() / np.pi) ** 0.5 if d == 2 else (3 * region.sum() / (4 * np.pi)) ** (1 / 3)
+    radius = equivalent_radius(region.sum(), d)
     gap, width = max(1.0, 0.1 * radius), max(2.0, 0.2 * radius)
     outside = ndimage.distance_transform_edt(~region)
     ring = np.argwhere((outside > gap) & (outside <= gap + width)).astype(float)
@@ -71,3 +70,8 @@ def farthest_points(points: np.ndarray, k: int, start: int) -> np.ndarray:
         chosen.append(i)
         d = np.minimum(d, np.linalg.norm(points - points[i], axis=1))
     return points[chosen]
+
+
+def equivalent_radius(count: float, ndim: int) -> float:
+    """Radius (pixels) of the disc (``ndim`` 2) or ball (3) of ``count`` pixels (voxels)."""
+    return float(np.sqrt(count / np.pi)) if ndim == 2 else float((3 * count / (4 * np.pi)) ** (1 / 3))

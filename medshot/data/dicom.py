@@ -155,20 +155,15 @@ def read_dicom_series(folder: str | Path) -> Image:
     along = positions @ normal
     order = np.argsort(along, kind="stable")
     along = along[order]
-    if len(files) > 1:
-        gaps = np.diff(along)
-        if np.any(gaps < 1e-4):
-            dup = headers[order[int(np.argmin(gaps)) + 1]][0]
-            raise MedshotError("two slices share one position (duplicate slice?)", dup)
-        step = float(np.median(gaps))
-        if np.abs(gaps - step).max() > SLICE_GAP_TOLERANCE * step:
-            raise MedshotError(f"slice spacing varies from {gaps.min():.3g} to {gaps.max():.3g} mm "
-                               f"(missing slices?)", folder)
-        slice_vec = (positions[order[-1]] - positions[order[0]]) / (len(files) - 1)
-    else:
-        thickness = float(getattr(headers[0][1], "SpacingBetweenSlices", 0) or
-                          getattr(headers[0][1], "SliceThickness", 1) or 1)
-        slice_vec = normal * thickness
+    gaps = np.diff(along)
+    if np.any(gaps < 1e-4):
+        dup = headers[order[int(np.argmin(gaps)) + 1]][0]
+        raise MedshotError("two slices share one position (duplicate slice?)", dup)
+    step = float(np.median(gaps))
+    if np.abs(gaps - step).max() > SLICE_GAP_TOLERANCE * step:
+        raise MedshotError(f"slice spacing varies from {gaps.min():.3g} to {gaps.max():.3g} mm "
+                           f"(missing slices?)", folder)
+    slice_vec = (positions[order[-1]] - positions[order[0]]) / (len(files) - 1)
     # Source layout (row, column, slice), as a single DICOM file is read: one convention in 2D and 3D.
     data = np.empty((rows, cols, len(files)), dtype=np.float32)
     for k, idx in enumerate(order):

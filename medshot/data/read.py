@@ -197,7 +197,7 @@ def read_label_map(path: str | Path, like: Image) -> tuple[np.ndarray, dict[int,
     path = Path(path)
     source = like.source
     if like.ndim == 2 and source is not None and source.slice_index is not None and suffix(path) in NIFTI_SUFFIXES:
-        labels = read_image(path, source.slice_index, source.slice_axis or 2)
+        labels = read_image(path, source.slice_index, 2 if source.slice_axis is None else source.slice_axis)
     else:
         labels = read_image(path)
     if labels.ndim != like.ndim:

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.errors import MedshotError
+from ..core.intensity import check_window
 from ..core.labels import choose_labels, sample_prompts
 from .annotations import Landmark, read_landmarks
 from .image import Image
@@ -114,7 +115,7 @@ class Template:
             mask_path = (base / spec["mask"]) if spec.get("mask") else None
             template = cls(image_path=base / spec["image"], mask_path=mask_path,
                            labels={int(k): str(v) for k, v in (spec.get("labels") or {}).items()},
-                           window=tuple(float(v) for v in spec["window"]) if spec.get("window") else None,
+                           window=check_window(spec.get("window"), json_path),
                            slice_index=spec.get("slice_index"))
         except (KeyError, TypeError, ValueError) as exc:
             raise MedshotError(f"malformed template entry ({type(exc).__name__}: {exc})", json_path) from exc
@@ -132,6 +133,7 @@ class Template:
         """Check that the image loads and every annotation fits it; raise a one-line error if not."""
         image = self.image
         check_contrast(image.array, self.image_path)
+        self.window = check_window(self.window, self.image_path)
         shape = np.array(image.shape)
         size = "x".join(map(str, shape[::-1] if image.ndim == 2 else shape))
         for lm in self.landmarks:

@@ -224,7 +224,7 @@ def label_map_bytes(labels: np.ndarray, like: Image) -> bytes:
         if like.ndim == 2 and source.slice_index is not None:
             data = np.zeros(source.shape[:3], dtype=dtype)
             index: list = [slice(None)] * 3
-            index[source.slice_axis or 2] = source.slice_index
+            index[2 if source.slice_axis is None else source.slice_axis] = source.slice_index
             data[tuple(index)] = labels
         else:
             data = like.to_source_array(labels.astype(dtype, copy=False))

@@ -132,7 +132,8 @@ class Runner:
         if name not in known:
             return False, f"unknown segmenter here (registered: {', '.join(known)})"
         if name not in segmenter_names(self.ndim):
-            return False, f"not available for volumes (volumes take {' or '.join(segmenter_names(self.ndim))})"
+            what = "2D images" if self.ndim == 2 else "volumes"
+            return False, f"not available for {what} ({what} take {' or '.join(segmenter_names(self.ndim))})"
         return segmenter_status(name)
 
     def baseline_names(self) -> tuple[str, ...]:

@@ -9,7 +9,7 @@ import numpy as np
 from ..core.feature_map import FeatureMap
 from ..core.geometry import l2_normalize
 
-__all__ = ["Backbone", "FeatureMap", "l2_normalize", "to_gray", "to_rgb"]
+__all__ = ["Backbone", "FeatureMap", "l2_normalize"]
 
 
 class Backbone(Protocol):
@@ -23,19 +23,6 @@ class Backbone(Protocol):
     name: str
 
     def __call__(self, image: np.ndarray) -> FeatureMap:
-        """``image``: ``(H, W)`` float32 in [0, 1] (gray) or ``(H, W, 3)``; returns its features."""
+        """``image``: gray ``(M, N)`` float32 in [0, 1] (a pixel-level backbone may also take a volume,
+        ``(M, N, P)``); returns its features."""
         ...
-
-
-def to_gray(image: np.ndarray) -> np.ndarray:
-    image = np.asarray(image, dtype=np.float32)
-    if image.ndim == 3:
-        return image[..., :3].mean(axis=2)
-    return image
-
-
-def to_rgb(image: np.ndarray) -> np.ndarray:
-    image = np.asarray(image, dtype=np.float32)
-    if image.ndim == 2:
-        return np.repeat(image[..., None], 3, axis=2)
-    return image[..., :3]

@@ -2,11 +2,11 @@
 
 Mutual-information affine registration is one of the candidate correspondences (it needs no
 descriptors and holds where the whole field of view shows the same anatomy), and symmetric-forces
-demons can refine the chosen affine. The reference baselines (:mod:`medshot.baselines`) use the
-same builders.
+demons can refine the chosen affine. The reference baselines (:mod:`medshot.evaluation.baselines`) use
+the same builders.
 
-SimpleITK indexes images as (x = column, y = row); everything returned here is array order
-(row, col) like the rest of :mod:`medshot.match`. ITK runs single-threaded and its random
+SimpleITK indexes images as (x, y[, z]) = the array axes reversed; everything returned here is
+array order like the rest of :mod:`medshot.match`, for images of any dimension. ITK runs single-threaded and its random
 sampling is seeded, so results repeat exactly.
 """
 
@@ -67,7 +67,9 @@ def mattes_affine(fixed, moving, seed: int = 1, initial=None):
 
 
 def demons_field(fixed, moving_resampled, iterations: int = 60, sigma: float = 1.5):
-    """Symmetric-forces demons displacement field (x, y; target pixels) of an affinely aligned pair.
+    """Symmetric-forces demons displacement field of an affinely aligned pair.
+
+    The field is in SimpleITK order (x, y[, z]) and in target pixels.
 
     Histogram matching first (demons compares intensities directly), then a coarse level at half
     resolution whose field starts the full-resolution level.
@@ -131,7 +133,8 @@ class Levels:
 
 
 def intensity_affine(template: np.ndarray, target: np.ndarray, seed: int = 1, side: int = 128) -> np.ndarray:
-    """Template -> target affine ``(3, 3)`` (array order) by Mattes-MI registration of two ``(H, W)`` images."""
+    """Template -> target affine ``(ndim + 1, ndim + 1)`` (array order) by Mattes-MI registration of two
+    ``(M, N[, P])`` images."""
     levels = Levels(template, target, side)
     with single_threaded():
         transform = mattes_affine(to_sitk(levels.target), to_sitk(levels.template), seed)
@@ -139,8 +142,8 @@ def intensity_affine(template: np.ndarray, target: np.ndarray, seed: int = 1, si
 
 
 def demons_backward(template: np.ndarray, target: np.ndarray, matrix: np.ndarray, side: int = 128,
-                   box: tuple[slice, slice] | None = None) -> np.ndarray:
-    """Backward field ``(2, H, W)`` (array order) of demons started from the affine ``matrix``.
+                   box: tuple[slice, ...] | None = None) -> np.ndarray:
+    """Backward field ``(ndim, M, N[, P])`` (array order) of demons started from the affine ``matrix``.
 
     ``matrix`` maps template points to target points (array order); the returned field gives, for
     each target pixel, its position on the template's grid. Demons runs on ``box`` of the target

@@ -53,9 +53,9 @@ class Verifier:
 
     Parameters
     ----------
-    image : ndarray (h, w)
+    image : ndarray (m, n[, p])
         The template on its working grid, intensities in [0, 1].
-    weight : ndarray (h, w)
+    weight : ndarray (m, n[, p])
         Weight per template pixel (region of interest x informativeness), zero outside the region.
     side : int
         Longest side of the grid the comparison runs on.
@@ -79,7 +79,7 @@ class Verifier:
         self.norm2 = norm2 + self.eps2
 
     def __call__(self, target: np.ndarray, matrix: np.ndarray) -> Verification:
-        """Score the affine ``matrix`` (template working -> target working, row/col) on ``target``."""
+        """Score the affine ``matrix`` (template working -> target working, array order) on ``target``."""
         coords = grid_coords(matrix @ np.linalg.inv(self.to_level), self.shape)
         return self.score_coords(target, coords)
 
@@ -91,7 +91,8 @@ class Verifier:
         if total <= 0 or weight.sum() <= 0:
             return Verification(0.0, 0.0, 0.0)
         # Smooth the target at its own resolution before sampling, at the scale the template was smoothed.
-        step = float(np.sqrt(np.abs(np.linalg.det(_local_jacobian(coords)))) or 1.0)
+        d = coords.shape[0]  # target pixels per level pixel: the Jacobian's geometric-mean scale
+        step = float(np.abs(np.linalg.det(_local_jacobian(coords))) ** (1.0 / d) or 1.0)
         pulled = ndimage.map_coordinates(
             ndimage.gaussian_filter(np.asarray(target, np.float32), max(0.5, 0.5 * step), mode="nearest"),
             coords, order=1, mode="nearest")

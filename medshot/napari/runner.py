@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.errors import MedshotError
+from ..core.errors import MedshotError, one_line
 
 TASKS = {"localize": (True, False), "segment": (False, True), "localize + segment": (True, True)}
 REVIEW_HEADER = ["target", "score", "status", "weakest", "reason"]
@@ -76,17 +76,10 @@ def list_targets(paths: list[str | Path], volume: bool) -> list[Path]:
     for a volume template a folder holds volumes (3D NIfTI files, DICOM series folders) or is a
     DICOM series itself. A target of the other kind is an error naming it.
     """
-    from ..data.read import is_image_path, is_volume_path, list_images
+    from ..data.read import is_volume_path
+    from ..data.targets import list_targets as listed
 
-    files: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir() and not volume:
-            found = sorted(q for q in p.iterdir() if is_image_path(q))
-            if not found:
-                raise MedshotError("folder holds no image", p)
-            files.extend(found)
-        else:
-            files.extend(list_images([p]))
+    files = listed(paths, volumes=volume)  # as `medshot localize | segment` list them, outputs left out
     for f in files:
         if is_volume_path(f) != volume:
             raise MedshotError("template is a volume but this target is not a 3D NIfTI or DICOM series folder"
@@ -125,11 +118,6 @@ def run_targets(template_path: str | Path, targets: list[Path], out: str | Path,
         done.append(outcome)
         _write_review(out, done)
         yield outcome
-
-
-def one_line(text: str, limit: int = 400) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _run_one(shot, path: Path, out: Path, landmarks: bool, masks: bool) -> TargetOutcome:

@@ -51,10 +51,6 @@ def save_template(path: Path, frame: Frame, landmarks: tuple[list[str], np.ndarr
         Nothing to save, unnamed or repeated landmark names, or a template that does not validate
         (a landmark outside the image, say).
     """
-    from ..core.labels import choose_labels, sample_prompts
-    from ..data.annotations import Landmark
-    from ..data.template import PromptPoints, Template
-
     path = Path(path)
     if not path.name.lower().endswith(".json"):
         raise MedshotError("a template is saved as a .json file", path)
@@ -69,7 +65,24 @@ def save_template(path: Path, frame: Frame, landmarks: tuple[list[str], np.ndarr
     if len(set(names)) != len(names):
         dup = sorted({n for n in names if names.count(n) > 1})
         raise MedshotError(f"landmark names repeat ({', '.join(dup)})", path)
-    mask_path = _write_mask(path, frame, mask) if mask is not None else None
+    mask_path = _mask_path(path, frame) if mask is not None else None
+    new_mask = mask_path is not None and not mask_path.exists()
+    if mask_path is not None:
+        _write_mask(mask_path, frame, mask)
+    try:
+        return _save(path, frame, image, mask_path, mask, landmarks, names, prompts, label_names)
+    except BaseException:
+        if new_mask:  # a failed save leaves nothing behind
+            mask_path.unlink(missing_ok=True)
+        raise
+
+
+def _save(path, frame, image, mask_path, mask, landmarks, names, prompts, label_names) -> Path:
+    """Build, validate and write the template JSON (the mask file is already written)."""
+    from ..core.labels import choose_labels, sample_prompts
+    from ..data.annotations import Landmark
+    from ..data.template import PromptPoints, Template
+
     template = Template.from_image(image, mask_path=mask_path, window=frame.info.get("window"),
                                    slice_index=frame.info.get("slice_index"))
     if landmarks:
@@ -93,16 +106,21 @@ def save_template(path: Path, frame: Frame, landmarks: tuple[list[str], np.ndarr
     return path
 
 
-def _write_mask(path: Path, frame: Frame, mask: np.ndarray) -> Path:
-    from ..data.write import mask_suffix, write_bytes_atomic
-    from .writer import label_bytes_in_frame
+def _mask_path(path: Path, frame: Frame) -> Path:
+    """Where the painted label map is written: beside the JSON, named after it."""
+    from ..data.write import mask_suffix
 
-    stem = path.name[: -len(".json")]
-    mask_path = path.parent / f"{stem}{mask_suffix(frame.source)}"
+    mask_path = path.parent / f"{path.name[: -len('.json')]}{mask_suffix(frame.source)}"
     if Path(frame.source.path).resolve() == mask_path.resolve():
         raise MedshotError("the mask would overwrite the template image; save the template under another name",
                            mask_path)
+    return mask_path
+
+
+def _write_mask(mask_path: Path, frame: Frame, mask: np.ndarray) -> None:
+    from ..data.write import write_bytes_atomic
+    from .writer import label_bytes_in_frame
+
     # A template read from a 0/255 mask is edited as 0/1; write it back as 0/255 while it stays binary.
     values = frame.info.get("label_values") if set(np.unique(mask).tolist()) <= {0, 1} else None
     write_bytes_atomic(mask_path, label_bytes_in_frame(frame, mask, mask_path, values))
-    return mask_path

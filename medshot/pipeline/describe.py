@@ -81,9 +81,9 @@ class Descriptors:
             return slice_features(image, self.backbone, self.reduced_dims, self.basis, self.slice_side)[0]
         return self.reduce(self.backbone_map(image), image.shape)
 
-    def coarse(self, image: np.ndarray, shape: tuple[int, ...], features: np.ndarray | None = None) -> np.ndarray:
+    def coarse(self, image: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
         """Descriptors for the pose search on a grid of ``shape``: computed there for a pixel-level backbone
-        (context-sized structure), else ``features`` (or the image's dense descriptors) resampled."""
+        (context-sized structure), else the image's dense descriptors resampled."""
         if self.pixel_level:
             return classical_features(resize_image(image, shape))
-        return resize_features(self.dense(image) if features is None else features, shape)
+        return resize_features(self.dense(image), shape)

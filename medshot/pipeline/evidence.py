@@ -11,7 +11,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..core.geometry import apply_affine, grid_coords
-from ..core.labels import dice
+from ..core.labels import dice, equivalent_radius
 from ..match.correspond import Correspondence
 from ..match.verify import Verifier
 from .confidence import LabelEvidence, LandmarkEvidence
@@ -31,11 +31,6 @@ def _scale(matrix: np.ndarray) -> float:
     """Mean scale of an affine's linear part (target pixels per template pixel)."""
     d = matrix.shape[0] - 1
     return float(abs(np.linalg.det(matrix[:d, :d])) ** (1 / d))
-
-
-def _radius(count: float, ndim: int) -> float:
-    """Radius of a disc (ball) of ``count`` pixels (voxels)."""
-    return float(np.sqrt(count / np.pi)) if ndim == 2 else float((3 * count / (4 * np.pi)) ** (1 / 3))
 
 
 def _contrast(image: np.ndarray, inside: np.ndarray, around: np.ndarray) -> float:
@@ -58,7 +53,7 @@ def _local(verifier: Verifier, target: np.ndarray, corr: Correspondence):
 
 
 def _sharpness(verifier: Verifier, target: np.ndarray, corr: Correspondence, shift: float) -> float:
-    """Agreement where the correspondence puts the region minus its mean ``shift`` pixels away (4 directions).
+    """Agreement in place minus its mean ``shift`` pixels away (both ways along each axis).
 
     A structure that is really there agrees much better in place than next to it; in an image where it
     is absent, or where nothing but noise drives the match, agreement is about as good anywhere.
@@ -107,7 +102,7 @@ class Evidence:
             area = float(region.sum())
             if area == 0:
                 continue
-            radius = _radius(area, d)
+            radius = equivalent_radius(area, d)
             band = ndimage.distance_transform_edt(~region) <= max(2.0, 0.5 * radius)
             self.contrast[label] = _contrast(image, region, band & ~region)
             center = np.argwhere(region).mean(axis=0)

@@ -20,7 +20,7 @@ from scipy import ndimage
 
 from ..core.errors import MedshotError
 from ..core.geometry import apply_affine, grid_coords
-from ..core.intensity import apply_range, intensity_range
+from ..core.intensity import apply_range, check_window, intensity_range
 from ..data.image import Image, from_array
 from ..data.read import read_image
 from ..data.template import Template
@@ -70,7 +70,8 @@ class OneShot:
 
     Parameters
     ----------
-    template : Template
+    template : Template or list of Template
+        Several templates give an :class:`~medshot.pipeline.ensemble.Ensemble` (results fused).
     backbone : str or Backbone
         Feature extractor (``"classical"`` needs no weights; a 2D backbone describes volumes slice by slice).
     segmenter : str or Segmenter
@@ -99,6 +100,14 @@ class OneShot:
         grid a label map is carried on at once.
     """
 
+    def __new__(cls, template=None, *args, **kwargs):
+        if isinstance(template, (list, tuple)):
+            if len(template) != 1:
+                from .ensemble import Ensemble
+
+                return Ensemble(template, *args, **kwargs)
+        return super().__new__(cls)
+
     def __init__(self, template: Template, backbone: str | Backbone = "classical",
                  segmenter: str | Segmenter = "classical", work_size: int = 256, min_work_size: int = 128,
                  options: CorrespondOptions | None = None, refine_landmarks: bool | None = None,
@@ -106,6 +115,8 @@ class OneShot:
                  backbone_options: dict | None = None, context: float = 0.1, work_spacing: float | None = None,
                  max_work_side: int = 80, fine_voxels: int = 72**3, max_work_voxels: int = 160**3,
                  max_carry_voxels: int = 96**3):
+        if isinstance(template, (list, tuple)):
+            template = template[0]
         self.template = template
         image = template.image
         self.ndim = image.ndim
@@ -121,7 +132,7 @@ class OneShot:
         self.work_size, self.min_work_size = int(work_size), int(min(min_work_size, work_size))
         self.options = options or default_options(self.ndim)
         self.refine_landmarks = self.ndim == 2 if refine_landmarks is None else refine_landmarks
-        self.window = window if window is not None else template.window
+        self.window = check_window(window, None) if window is not None else template.window
         self.max_work_voxels, self.max_carry_voxels = int(max_work_voxels), int(max_carry_voxels)
         self.describe = Descriptors(self.backbone, reduced_dims or (16 if self.ndim == 2 else 24))
         self.value_range = intensity_range(image.array, self.window)
@@ -157,13 +168,20 @@ class OneShot:
 
     # -- the template ----------------------------------------------------------------------------
 
+    def _mask_labels(self) -> list[int]:
+        """The template mask's labels in use: those the template names, else every non-zero value in it."""
+        if self.template.labels:
+            return sorted(int(k) for k in self.template.labels)
+        mask = self.template.mask
+        return [] if mask is None else [int(v) for v in np.unique(mask) if v != 0]
+
     def _annotated_bounds(self) -> tuple[np.ndarray, np.ndarray]:
         """Index bounding box (inclusive corners) of the landmarks, prompts and labels used."""
         points = [self.template.landmark_points]
         points += [np.vstack([p.positive, p.negative]) for p in self.template.prompts]
         mask = self.template.mask
         if mask is not None:
-            idx = np.argwhere(np.isin(mask, list(self.template.labels) or [v for v in np.unique(mask) if v]))
+            idx = np.argwhere(np.isin(mask, self._mask_labels()))
             points.append(np.stack([idx.min(0), idx.max(0)]).astype(float))
         allp = np.vstack([p for p in points if len(p)])
         return allp.min(0), allp.max(0)
@@ -206,7 +224,7 @@ class OneShot:
         if mask is not None:
             # the labels on the working grid (nearest label per working pixel)
             on_grid = ndimage.map_coordinates(mask, grid_coords(grid.from_work, grid.shape), order=0, mode="nearest")
-            labels = {int(k): on_grid == k for k in (list(self.template.labels) or np.unique(mask)) if k != 0}
+            labels = {k: on_grid == k for k in self._mask_labels()}
         evidence = Evidence(work, side.informative, labels, apply_affine(grid.to_work, self.template.landmark_points),
                             side.verifier, side.bank.radius, self.options.verify_side, self.options.verify_sigma,
                             self.options.verify_eps)
@@ -220,7 +238,8 @@ class OneShot:
         if isinstance(target, Image):
             image = target
         elif isinstance(target, np.ndarray):
-            image = from_array(target[..., :3].mean(axis=-1) if target.ndim == 3 and self.ndim == 2 else target)
+            rgb = target.ndim == 3 and self.ndim == 2 and target.shape[-1] in (3, 4)  # a colour image, not a volume
+            image = from_array(target[..., :3].mean(axis=-1) if rgb else target)
         else:
             image = read_image(target)
         if image.ndim != self.ndim:
@@ -229,8 +248,8 @@ class OneShot:
                                f"{kind.get(image.ndim, image.ndim)}", image.path)
         return image
 
-    def prepare(self, image: Image, stage: Stage, grid: WorkGrid, value_range: tuple[float, float]) -> Prepared:
-        """A target (or a box of it) on a working grid, described like the template's ``stage``."""
+    def prepare(self, image: Image, grid: WorkGrid, value_range: tuple[float, float]) -> Prepared:
+        """A target (or a box of it) on a working grid, described like the template."""
         normalized = apply_range(image.array if self.ndim == 2 else image.array[grid.box], value_range)
         local = grid if self.ndim == 2 else WorkGrid(grid.shape, np.zeros(3), grid.factor)
         work = local.resample(normalized)
@@ -243,14 +262,14 @@ class OneShot:
         value_range = intensity_range(image.array, self.window)
         if self.ndim == 2:
             stage = self._stages[self._stage_key]
-            prepared = self.prepare(image, stage, planar_grid(image.shape, self.min_work_size, self.work_size),
+            prepared = self.prepare(image, planar_grid(image.shape, self.min_work_size, self.work_size),
                                     value_range)
             return stage, prepared, self._match(stage, prepared)
         plan = self.plan
         assert plan is not None
         spacing = capped_spacing(image.spacing, image.shape, plan.coarse_spacing, self.max_work_voxels)
         coarse = self._coarse_stage(spacing)
-        target = self.prepare(image, coarse, spaced_grid(image.spacing, spacing, np.zeros(3), np.array(image.shape)),
+        target = self.prepare(image, spaced_grid(image.spacing, spacing, np.zeros(3), np.array(image.shape)),
                               value_range)
         if not plan.two_stage:
             return coarse, target, self._match(coarse, target)
@@ -260,7 +279,7 @@ class OneShot:
         to_target = (target.grid.from_work @ placed.matrix @ coarse.grid.to_work @ fine.grid.from_work)
         lo, hi = mapped_box(to_target, fine.grid.shape, image.shape, pad=2 * plan.fine_spacing / image.spacing)
         grid = spaced_grid(image.spacing, plan.fine_spacing, lo, hi)
-        boxed = self.prepare(image, fine, grid, value_range)
+        boxed = self.prepare(image, grid, value_range)
         return fine, boxed, self._match(fine, boxed, initial=grid.to_work @ to_target)
 
     def _match(self, stage: Stage, target: Prepared, initial: np.ndarray | None = None,
@@ -344,11 +363,11 @@ class OneShot:
                refine: bool) -> tuple[np.ndarray, dict[int, float], dict]:
         image = prepared.image
         template_mask = self.template.mask
-        labels = [p.label for p in self.template.prompts] or sorted(self.template.labels)
+        labels = [p.label for p in self.template.prompts] or self._mask_labels()
         dtype = np.uint8 if max(labels, default=0) < 256 else np.uint16
         carried = None
         if template_mask is not None:
-            carried = carry_labels(template_mask, sorted(self.template.labels) or labels, corr, stage.grid,
+            carried = carry_labels(template_mask, self._mask_labels() or labels, corr, stage.grid,
                                    prepared.grid, image.shape, None if self.ndim == 2 else self.max_carry_voxels,
                                    dtype)
         if not refine:

@@ -55,6 +55,7 @@ class TargetResult:
     correspondence_score: float = 0.0
     correspondence: str = ""  # which candidate correspondence was chosen
     evidence: dict = field(default_factory=dict)  # label or landmark name -> what its score was computed from
+    templates: dict[str, float] = field(default_factory=dict)  # several templates: image name -> fusion weight
 
     @property
     def landmark_points(self) -> np.ndarray:

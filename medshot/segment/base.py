@@ -36,7 +36,7 @@ class Prompt:
 
 @dataclass
 class Segmentation:
-    """One label's result: ``mask`` (H, W) bool at the target's resolution and a score in [0, 1]."""
+    """One label's result: ``mask`` (the image's shape, bool) at the target's resolution and a score in [0, 1]."""
 
     label: int
     mask: np.ndarray
@@ -75,3 +75,19 @@ def box_from_mask(mask: np.ndarray) -> np.ndarray | None:
     if len(where) == 0:
         return None
     return np.concatenate([where.min(0), where.max(0)]).astype(np.float64)
+
+
+def resolve_overlaps(results: list[tuple[Segmentation, np.ndarray | None]],
+                     inside_without_map: float = -np.inf) -> list[Segmentation]:
+    """Where two labels claim a pixel, the label whose map (probability, logit) is larger there keeps it.
+
+    ``results`` pairs each segmentation with its map on the image's grid, or None (then the map is
+    ``inside_without_map`` inside its mask).
+    """
+    segs = [s for s, _ in results]
+    if len(segs) > 1:
+        stack = np.stack([np.where(s.mask, inside_without_map if m is None else m, -np.inf) for s, m in results])
+        winner = np.argmax(stack, axis=0)
+        for i, s in enumerate(segs):
+            s.mask = s.mask & (winner == i)
+    return segs

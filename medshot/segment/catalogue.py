@@ -46,6 +46,11 @@ def segmenter_names(ndim: int | None = None) -> list[str]:
     return SEGMENTERS.names(ndim)
 
 
+def segmenter_checkpoint(name: str) -> str | None:
+    """The default checkpoint of a segmenter that loads weights, None for a weights-free one."""
+    return SEGMENTERS.entry(name).checkpoint
+
+
 def check_segmenter(name: str, ndim: int) -> None:
     """A one-line :class:`MedshotError` if segmenter ``name`` is unknown or does not handle ``ndim``-D images."""
     SEGMENTERS.check_dims(name, ndim)

@@ -22,7 +22,8 @@ from scipy import ndimage
 from skimage.segmentation import random_walker
 
 from ..core.geometry import resize_image
-from .base import Prompt, Segmentation, box_from_mask, box_from_points
+from ..core.labels import dice, equivalent_radius
+from .base import Prompt, Segmentation, box_from_mask, box_from_points, resolve_overlaps
 
 FALLBACK_SCORE_FACTOR = 0.5  # score of a carried mask kept because the walker failed
 
@@ -75,7 +76,7 @@ class RandomWalkerSegmenter:
     def segment(self, image: np.ndarray, prompts: list[Prompt]) -> list[Segmentation]:
         image = np.asarray(image, dtype=np.float32)  # (M, N) image or (M, N, P) volume, grayscale
         results = [self._segment_safely(image, p) for p in prompts]
-        return _resolve_overlaps(results)
+        return resolve_overlaps(results, inside_without_map=0.0)
 
     def _segment_safely(self, image: np.ndarray, prompt: Prompt) -> tuple[Segmentation, np.ndarray | None]:
         """One label; should the walker fail on it, the carried mask stands, with a halved score."""
@@ -131,7 +132,7 @@ class RandomWalkerSegmenter:
             # The undecided band grows with the structure's size but never beyond its thickness (largest
             # inscribed radius): around a thin structure (a cord) a wide band lets the walker leak.
             thickness = dist_in.max()
-            radius = (c.sum() / np.pi) ** 0.5 if d == 2 else (3 * c.sum() / (4 * np.pi)) ** (1 / 3)
+            radius = equivalent_radius(c.sum(), d)
             band = max(self.min_band_px * f.max(), min(self.band * radius, thickness))
             core = dist_in > band
             if not core.any():
@@ -175,7 +176,7 @@ class RandomWalkerSegmenter:
         mask_roi = _keep_seeded_components(mask_roi, pos - r0, coarse[roi] if coarse is not None else None)
         mask_roi = ndimage.binary_fill_holes(mask_roi)
         if coarse is not None:
-            agreement = 2 * np.sum(mask_roi & coarse[roi]) / max(1, mask_roi.sum() + coarse[roi].sum())
+            agreement = dice(mask_roi, coarse[roi])
             if agreement < self.min_agreement:
                 # The walker drifted far from the carried shape (typically a leak along a weak edge): the
                 # carried mask is the safer answer.
@@ -209,15 +210,3 @@ def _keep_seeded_components(mask: np.ndarray, positive: np.ndarray, coarse: np.n
         sizes[0] = 0
         keep.add(int(np.argmax(sizes)))
     return np.isin(lab, list(keep))
-
-
-def _resolve_overlaps(results: list[tuple[Segmentation, np.ndarray | None]]) -> list[Segmentation]:
-    """Where two labels claim a pixel, the one with the higher random-walker probability keeps it."""
-    segs = [r[0] for r in results]
-    probs = [r[1] for r in results]
-    if len(segs) > 1:
-        stack = np.stack([np.where(s.mask, p if p is not None else 0.0, -1.0) for s, p in zip(segs, probs)])
-        winner = np.argmax(stack, axis=0)
-        for i, s in enumerate(segs):
-            s.mask = s.mask & (winner == i)
-    return segs

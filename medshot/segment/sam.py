@@ -21,7 +21,7 @@ from scipy import ndimage
 
 from ..core.errors import MedshotError
 from ..models.sam import SAM_MEAN, SAM_STD, SamFrame, SamRuntime, load_sam
-from .base import Prompt, Segmentation, box_from_mask, box_from_points
+from .base import Prompt, Segmentation, box_from_mask, box_from_points, resolve_overlaps
 
 
 @dataclass
@@ -91,7 +91,7 @@ class SamSegmenter:
             raise MedshotError(f"{self.name} segments 2D images; volumes take the classical or randomwalker segmenter")
         embedding, frame = self.sam.embed(image)
         results = [self._segment_one(embedding, frame, p) for p in prompts]
-        return _resolve_overlaps(results)
+        return resolve_overlaps(results)  # the larger SAM logit keeps a contested pixel
 
     # ------------------------------------------------------------------------------------------
 
@@ -186,15 +186,3 @@ def _interior_point(mask: np.ndarray) -> np.ndarray:
     cy, cx = np.argwhere(mask).mean(axis=0)
     i = int(np.argmin((ys - cy) ** 2 + (xs - cx) ** 2))
     return np.array([xs[i], ys[i]], np.float64)
-
-
-def _resolve_overlaps(results: list[tuple[Segmentation, np.ndarray | None]]) -> list[Segmentation]:
-    """Where two labels claim a pixel, the one with the larger SAM logit keeps it."""
-    segs = [r[0] for r in results]
-    if len(segs) > 1:
-        stack = np.stack([np.where(s.mask, lg, -np.inf) if lg is not None else np.full(s.mask.shape, -np.inf)
-                          for s, (_, lg) in zip(segs, results)])
-        winner = np.argmax(stack, axis=0)
-        for i, s in enumerate(segs):
-            s.mask = s.mask & (winner == i)
-    return segs

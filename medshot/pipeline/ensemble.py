@@ -1,0 +1,167 @@
+"""Several templates of the same structures: each target matched with each, the results fused.
+
+``OneShot([t1, t2, t3], ...)`` builds a :class:`Ensemble`: one :class:`~medshot.pipeline.OneShot`
+per template (each template's features computed once), sharing one backbone and one segmenter.
+Per target every template is matched; with ``top_k`` only the K whose correspondences verify best
+(:attr:`Correspondence.score`, the criterion that chose each correspondence) carry their
+annotations, and those are fused (:mod:`medshot.pipeline.fusion`).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..core.errors import MedshotError
+from ..data.image import Image
+from ..data.template import Template
+from ..features import Backbone, get_backbone
+from ..segment import Segmenter, check_segmenter, get_segmenter
+from .fusion import FUSIONS, fuse_label_maps, fuse_scores, geometric_median, local_agreement, on_image, relative_weights
+from .result import LandmarkResult, TargetResult
+
+
+class Ensemble:
+    """Find several templates' landmarks and structures in new images or volumes, fused.
+
+    Parameters
+    ----------
+    templates : list of Template
+        Images (or volumes) of the same anatomy annotated alike: the same label values and landmark
+        names (a label or landmark some templates lack is fused from those that have it).
+    backbone, segmenter
+        As for :class:`~medshot.pipeline.OneShot`; built once and shared.
+    top_k : int, optional
+        Per target, fuse only the K templates whose correspondences verify best (default: all).
+    fusion : {"local", "vote"}
+        Label maps: a vote weighted per template and per pixel by local agreement (``"local"``), or
+        per template only (``"vote"``).
+    **options
+        Passed to every :class:`~medshot.pipeline.OneShot`.
+    """
+
+    def __init__(self, templates: list[Template], backbone: str | Backbone = "classical",
+                 segmenter: str | Segmenter = "classical", top_k: int | None = None, fusion: str = "local",
+                 backbone_options: dict | None = None, **options):
+        from .oneshot import OneShot
+
+        templates = list(templates)
+        if not templates:
+            raise MedshotError("no template given")
+        dims = {t.ndim for t in templates}
+        if len(dims) > 1:
+            raise MedshotError("the templates mix 2D images and volumes")
+        if fusion not in FUSIONS:
+            raise MedshotError(f"unknown fusion '{fusion}' (one of {', '.join(FUSIONS)})")
+        if top_k is not None and top_k < 1:
+            raise MedshotError(f"top_k must be at least 1, got {top_k}")
+        self.ndim = templates[0].ndim
+        if isinstance(backbone, str):
+            backbone = get_backbone(backbone, **(backbone_options or {}))
+        if isinstance(segmenter, str):
+            check_segmenter(segmenter, self.ndim)
+            segmenter = get_segmenter(segmenter)
+        self.members = [OneShot(t, backbone=backbone, segmenter=segmenter, **options) for t in templates]
+        self.top_k = top_k
+        self.fusion = fusion
+
+    # What the CLI and napari ask of a OneShot: the first template stands for the label values and names.
+    @property
+    def template(self) -> Template:
+        return self.members[0].template
+
+    @property
+    def templates(self) -> list[Template]:
+        return [m.template for m in self.members]
+
+    @property
+    def window(self):
+        return self.members[0].window
+
+    @property
+    def segmenter(self) -> Segmenter:
+        return self.members[0].segmenter
+
+    def load(self, target: str | Path | Image | np.ndarray) -> Image:
+        return self.members[0].load(target)
+
+    def localize(self, target) -> TargetResult:
+        return self.run(target, landmarks=True, masks=False)
+
+    def segment(self, target) -> TargetResult:
+        return self.run(target, landmarks=False, masks=True)
+
+    def run(self, target, landmarks: bool = True, masks: bool = True) -> TargetResult:
+        """Landmarks and/or label map for one target, fused over the (top K) templates.
+
+        The result's ``templates`` maps each template's image name to its weight in the fusion
+        (0 for a template left out by ``top_k``).
+        """
+        start = time.perf_counter()
+        image = self.load(target)
+        matched = [(m, *m.correspond(image)) for m in self.members]
+        order = np.argsort([-corr.score for _, _, _, corr in matched], kind="stable")
+        kept = [matched[i] for i in order[:self.top_k or len(matched)]]
+        results = [m.carry(stage, prepared, corr, landmarks, masks) for m, stage, prepared, corr in kept]
+        local = None
+        if masks and self.fusion == "local":
+            local = [on_image(local_agreement(stage.work, prepared.work, corr.backward), prepared.grid, image.shape)
+                     for _, stage, prepared, corr in kept]
+        fused = fuse_results(image, results, [m.template for m, *_ in kept], local)
+        fused.templates = {Path(m.template.image_path).name: 0.0 for m in self.members} | fused.templates
+        fused.seconds = time.perf_counter() - start
+        return fused
+
+
+def fuse_results(image: Image, results: list[TargetResult], templates: list[Template],
+                 local: list[np.ndarray] | None = None) -> TargetResult:
+    """One target's results from several templates fused into one (see :mod:`medshot.pipeline.fusion`).
+
+    Parameters
+    ----------
+    image : Image
+        The target.
+    results : list of TargetResult
+        One per template, on ``image``'s grid.
+    templates : list of Template
+        The templates, in the order of ``results``.
+    local : list of ndarray, optional
+        Per template, its local agreement with the target on ``image``'s grid (``None``: a plain vote).
+    """
+    fused = TargetResult(image, correspondence_score=max(r.correspondence_score for r in results),
+                         correspondence="fused")
+    overall = np.zeros(len(results))
+    if any(r.label_map is not None for r in results):
+        labels = sorted({lab for r in results for lab in r.scores})
+        per_label = {lab: relative_weights([r.scores.get(lab, np.nan) for r in results]) for lab in labels}
+        weights = [{lab: float(per_label[lab][i]) for lab in labels if lab in results[i].scores}
+                   for i in range(len(results))]
+        maps = [r.label_map if r.label_map is not None else np.zeros(image.shape, np.uint8) for r in results]
+        fused.label_map = fuse_label_maps(maps, weights, local)
+        fused.scores = {lab: fuse_scores([r.scores.get(lab, np.nan) for r in results], per_label[lab])
+                        for lab in labels}
+        overall += [np.mean(list(w.values())) if w else 0.0 for w in weights]
+    if any(r.landmarks for r in results):
+        fused.landmarks = _fuse_landmarks(image, results)
+        overall += relative_weights([np.nanmean([lm.confidence for lm in r.landmarks]) if r.landmarks else np.nan
+                                     for r in results])
+    total = overall.sum()
+    fused.templates = {Path(t.image_path).name: float(w / total if total > 0 else 1 / len(results))
+                       for t, w in zip(templates, overall)}
+    return fused
+
+
+def _fuse_landmarks(image: Image, results: list[TargetResult]) -> list[LandmarkResult]:
+    names = list(dict.fromkeys(lm.name for r in results for lm in r.landmarks))
+    out = []
+    for name in names:
+        found = [lm for r in results for lm in r.landmarks if lm.name == name]
+        conf = np.array([lm.confidence for lm in found], float)
+        weights = relative_weights(conf) * np.where(np.isfinite(conf), np.maximum(conf, 1e-3), 1.0)
+        point = geometric_median(np.array([lm.point for lm in found]), weights)
+        mutual = float(np.sum(weights * [lm.mutual for lm in found])) >= 0.5 * float(weights.sum())
+        out.append(LandmarkResult(name, point, image.index_to_world(point[None])[0],
+                                  fuse_scores(conf, relative_weights(conf)), mutual))
+    return out
