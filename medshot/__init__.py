@@ -17,13 +17,13 @@ from .data.image import Image, from_array
 from .data.read import read_image
 from .data.template import PromptPoints, Template
 from .features import FeatureMap, backbone_names, get_backbone
-from .pipeline import LandmarkResult, OneShot, TargetResult
+from .pipeline import Ensemble, LandmarkResult, OneShot, TargetResult
 from .segment import get_segmenter, segmenter_names
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "FeatureMap", "Image", "Landmark", "LandmarkResult", "MedshotError", "OneShot", "PromptPoints",
+    "Ensemble", "FeatureMap", "Image", "Landmark", "LandmarkResult", "MedshotError", "OneShot", "PromptPoints",
     "TargetResult", "Template", "WeightsNotFoundError", "backbone_names", "from_array", "get_backbone",
     "get_segmenter", "normalize_intensity", "read_image", "segmenter_names",
 ]

@@ -203,3 +203,24 @@ def test_2d_backbone_route_finds_landmarks(phantom):
     assert err.max() <= 3.0, err
     labels = result.image.to_source_array(result.label_map)
     assert dice(labels == 1, truth == 1) >= 0.8
+
+
+def test_two_volume_templates_fuse(phantom, shot):
+    # the template and a second one sampled on another grid: the fused result is as good as one alone
+    spec = TARGETS["wide-fov-LAS"]
+    aff = grid_affine(spec["shape"], spec["spacing"], spec["center"], spec["axcodes"])
+    array, labels = sample_phantom(phantom, spec["shape"], aff, spec["warp"])
+    image = from_array(array, aff)
+    second = Template.from_image(image, labels={1: "organ 1", 2: "organ 2"}, landmarks=[
+        Landmark(n, p) for n, p in zip("abcd", image.source_to_index(landmarks_voxel(phantom, aff, spec["warp"])))])
+    second.mask_path = "in-memory"  # type: ignore[assignment]
+    second._mask = from_array(labels, aff).array.astype(np.int32)
+    ensemble = OneShot([shot.template, second], work_spacing=WORK_SPACING)
+    volume, truth, truth_points = _target(phantom, "thick-slices-PLI")
+    result = ensemble.run(volume)
+    found = result.image.to_source_array(result.label_map)
+    for label in (1, 2):
+        assert dice(found == label, truth == label) >= 0.85, label
+    err = np.linalg.norm(result.image.index_to_source(result.landmark_points) - truth_points, axis=1)
+    assert err.max() <= 2.0, err
+    assert len(result.templates) == 2 and sum(result.templates.values()) == pytest.approx(1.0)

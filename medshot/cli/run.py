@@ -41,15 +41,21 @@ def add_parser(sub) -> None:
         p = sub.add_parser(name, help=help_text)
         p.add_argument("targets", nargs="+", metavar="TARGET",
                        help="image or volume files, DICOM series folders, or folders of them")
-        p.add_argument("--template", required=True, help="template JSON (from `medshot template`)")
+        p.add_argument("--template", required=True, action="append",
+                       help="template JSON (from `medshot template`); give it several times to fuse several templates")
         p.add_argument("--out", required=True, help="output folder")
         _add_model_options(p, segmenter=name == "segment")
+        g = p.add_argument_group("several templates")
+        g.add_argument("--top-k", type=int, default=None, metavar="K",
+                       help="per target, fuse only the K templates whose correspondences verify best (default: all)")
+        g.add_argument("--fusion", choices=["local", "vote"], default="local",
+                       help="label maps: vote weighted per pixel by local similarity (default) or per template only")
         _add_batch_options(p)
 
 
 def _add_model_options(p: argparse.ArgumentParser, segmenter: bool = False) -> None:
     g = p.add_argument_group("model")
-    g.add_argument("--backbone", default="classical",
+    g.add_argument("--backbone", default=None,
                    help="feature backbone (default: classical, weights-free); see `medshot backbones`")
     g.add_argument("--weights", default=None,
                    help="backbone weights: a save_pretrained folder, checkpoint file or hub id")
@@ -58,7 +64,7 @@ def _add_model_options(p: argparse.ArgumentParser, segmenter: bool = False) -> N
     g.add_argument("--stride", type=int, default=None, help="patch-embedding stride (< patch size = overlap)")
     g.add_argument("--log-bin", action="store_true", default=None, help="neighbourhood log binning (17 bins)")
     if segmenter:
-        g.add_argument("--segmenter", default="classical",
+        g.add_argument("--segmenter", default=None,
                        help="promptable segmenter (default: classical, weights-free; e.g. sam_vit_b, images only)")
         g.add_argument("--segmenter-weights", default=None, help="segmenter weights: folder, .pth file or hub id")
     g.add_argument("--work-size", type=int, default=256, help="images: longest side of the matching grid (pixels)")
@@ -89,11 +95,11 @@ def cmd_localize(args: argparse.Namespace) -> int:
     check_batch_options(args)
     shot = make_shot(args)
     if not shot.template.landmarks:
-        raise MedshotError("template has no landmarks to localize", args.template)
+        raise MedshotError("template has no landmarks to localize", args.template[0])
     ndim = shot.ndim
     files = check_targets(args, ndim)
     stems = refuse_colliding_stems(files)
-    refuse_overwriting_inputs(args.out, [s + ".mrk.json" for s in stems], [args.template, shot.template.image_path])
+    refuse_overwriting_inputs(args.out, [s + ".mrk.json" for s in stems], [*args.template, *template_files(shot)])
     spec = BatchSpec("localize", "landmarks.csv", LANDMARKS_HEADER[ndim], localize_work, _unit(ndim))
     return _run(args, spec, shot, files)
 
@@ -105,7 +111,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     shot = make_shot(args)
     t = shot.template
     if not t.prompts and t.mask is None:
-        raise MedshotError("template has no mask or prompts to segment", args.template)
+        raise MedshotError("template has no mask or prompts to segment", args.template[0])
     shot.segmenter  # noqa: B018 - load it now: a missing checkpoint is one error, not one per target
     ndim = shot.ndim
     files = check_targets(args, ndim)
@@ -116,7 +122,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         names += [stem + "_overlay.png" for stem in stems]
     else:
         names += [f"{stem}_label{values.get(label, label)}_overlay.png" for stem in stems for label in t.labels]
-    refuse_overwriting_inputs(args.out, names, [args.template, t.image_path, t.mask_path, *files])
+    refuse_overwriting_inputs(args.out, names, [*args.template, *template_files(shot), *files])
     spec = BatchSpec("segment", "results.csv", RESULTS_HEADER[ndim], segment_work, _unit(ndim))
     return _run(args, spec, shot, files)
 
@@ -138,8 +144,11 @@ def _mask_suffix(target: Path) -> str:
 def _run(args: argparse.Namespace, spec, shot, files: list[Path]) -> int:
     from .batch import run_batch
 
-    return run_batch(spec, shot, files, args.out, batch_settings(args, shot.template), resume=args.resume,
-                     workers=args.workers, scheduler=args.scheduler, quiet=args.quiet)
+    if hasattr(shot, "templates"):  # several templates: each row says how much each counted
+        spec.header = [*spec.header[:-2], "templates", *spec.header[-2:]]
+    settings = batch_settings(args, getattr(shot, "templates", [shot.template]))
+    return run_batch(spec, shot, files, args.out, settings, resume=args.resume, workers=args.workers,
+                     scheduler=args.scheduler, quiet=args.quiet)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -152,13 +161,38 @@ def backbone_options(args: argparse.Namespace) -> dict:
             "log_bin": args.log_bin}
 
 
+def template_files(shot) -> list:
+    """The image and mask files of every template of a shot (one template or an ensemble)."""
+    return [p for t in getattr(shot, "templates", [shot.template]) for p in (t.image_path, t.mask_path)]
+
+
+def method_from_templates(args: argparse.Namespace, templates: list) -> None:
+    """Options the user left unset take what ``medshot select`` wrote into the (first) template, else defaults."""
+    chosen = templates[0].method
+    for key in ("backbone", "layer", "facet", "stride", "log_bin", "segmenter"):
+        if hasattr(args, key) and getattr(args, key) is None and chosen.get(key) is not None:
+            setattr(args, key, chosen[key])
+    args.backbone = args.backbone or "classical"
+    if hasattr(args, "segmenter"):
+        args.segmenter = args.segmenter or "classical"
+
+
 def make_shot(args: argparse.Namespace):
-    """The template (loaded and validated) and everything about it computed once: a :class:`OneShot`."""
+    """The templates (loaded and validated) and everything about them computed once: a :class:`OneShot`.
+
+    Several ``--template`` give an :class:`~medshot.pipeline.Ensemble` (results fused per target).
+    """
     from ..data.template import Template
     from ..pipeline import OneShot
     from ..segment import check_segmenter
 
-    template = Template.load(args.template)
+    templates = [Template.load(path) for path in args.template]
+    if len({t.ndim for t in templates}) > 1:
+        raise MedshotError("the templates mix 2D images and volumes", args.template[0])
+    template = templates[0]
+    method_from_templates(args, templates)
+    if args.top_k is not None and args.top_k < 1:
+        raise MedshotError(f"--top-k must be at least 1, got {args.top_k}")
     segmenter = getattr(args, "segmenter", None) or "classical"
     check_segmenter(segmenter, template.ndim)
     if getattr(args, "segmenter_weights", None):
@@ -168,23 +202,28 @@ def make_shot(args: argparse.Namespace):
             raise MedshotError(f"--segmenter-weights is for the Segment Anything segmenters; '{segmenter}' "
                                "needs no weights")
         segmenter = get_segmenter(segmenter, weights=args.segmenter_weights)
-    return OneShot(template, backbone=args.backbone, segmenter=segmenter, work_size=args.work_size,
-                   window=tuple(args.window) if args.window else None, backbone_options=backbone_options(args),
-                   work_spacing=getattr(args, "work_spacing", None))
+    several = {"top_k": args.top_k, "fusion": args.fusion} if len(templates) > 1 else {}
+    return OneShot(templates if several else template, backbone=args.backbone, segmenter=segmenter,
+                   work_size=args.work_size, window=tuple(args.window) if args.window else None,
+                   backbone_options=backbone_options(args), work_spacing=getattr(args, "work_spacing", None),
+                   **several)
 
 
-def batch_settings(args: argparse.Namespace, template) -> dict:
+def batch_settings(args: argparse.Namespace, templates: list) -> dict:
     """Everything that decides a batch's results, for the run record (``--resume`` compares it)."""
     from .main import version
     from .outdir import file_digest
 
     keys = ("backbone", "weights", "layer", "facet", "stride", "log_bin", "segmenter", "segmenter_weights",
-            "work_size", "window", "work_spacing")
+            "work_size", "window", "work_spacing", "top_k", "fusion")
     settings = {k: getattr(args, k, None) for k in keys}
-    settings.update(command=args.command, medshot=version(), template=str(Path(args.template).resolve()),
-                    template_sha256=file_digest(Path(args.template)),
-                    image_sha256=file_digest(Path(template.image_path)),
-                    mask_sha256=file_digest(Path(template.mask_path)) if template.mask_path else None)
+    settings.update(command=args.command, medshot=version())
+    for i, (path, t) in enumerate(zip(args.template, templates)):
+        suffix = f"_{i + 1}" if i else ""  # one template keeps the record's earlier keys
+        settings.update({f"template{suffix}": str(Path(path).resolve()),
+                         f"template{suffix}_sha256": file_digest(Path(path)),
+                         f"image{suffix}_sha256": file_digest(Path(t.image_path)),
+                         f"mask{suffix}_sha256": file_digest(Path(t.mask_path)) if t.mask_path else None})
     return settings
 
 
@@ -266,8 +305,15 @@ def localize_work(shot, path: Path) -> tuple[dict[str, bytes], list[list]]:
     descriptions = [f"medshot confidence {lm.confidence:.3f} ({score_status(lm.confidence)})"
                     for lm in result.landmarks]
     files = {image.stem + ".mrk.json": markups_bytes(image, names, result.landmark_points, descriptions)}
-    return files, [[lm.name, *landmark_columns(image, lm), round(lm.confidence, 4), score_status(lm.confidence)]
-                   for lm in result.landmarks]
+    return files, [[lm.name, *landmark_columns(image, lm), round(lm.confidence, 4), *template_weights(shot, result),
+                    score_status(lm.confidence)] for lm in result.landmarks]
+
+
+def template_weights(shot, result) -> list[str]:
+    """With several templates, the ``templates`` column: ``name:weight`` of each, ``;``-separated."""
+    if not hasattr(shot, "templates"):
+        return []
+    return [";".join(f"{name}:{w:.3f}" for name, w in result.templates.items())]
 
 
 def landmark_columns(image, landmark) -> list[float]:
@@ -304,7 +350,8 @@ def segment_work(shot, path: Path) -> tuple[dict[str, bytes], list[list]]:
         score = result.scores.get(label, 0.0)
         n = int(np.sum(label_map == label))
         size = [n] if image.ndim == 2 else [n, round(n * voxel_ml(image), 4)]
-        rows.append([values.get(label, label), *size, round(score, 4), round(seconds, 3), score_status(score)])
+        rows.append([values.get(label, label), *size, round(score, 4), round(seconds, 3),
+                     *template_weights(shot, result), score_status(score)])
     return files, rows
 
 

@@ -15,7 +15,9 @@ volume (``image``: a NIfTI file or a DICOM series folder)::
      "prompts": [{"label": 1, "positive": [[i, j, k], ...], "negative": [...]}]}
 
 with ``i, j, k`` voxel indices of the file's own array and ``x, y, z`` world RAS mm (either set is
-enough; the voxel indices win when both are given). In memory, every point is array indices of
+enough; the voxel indices win when both are given). An optional ``"method"`` entry
+(``{"backbone": "dinov2_vits14", "layer": 9, "segmenter": "classical"}``, written by ``medshot
+select``) is what runs with this template use unless told otherwise. In memory, every point is array indices of
 :attr:`Template.image` (see :mod:`medshot.data.image`), in 2D and 3D alike.
 """
 
@@ -59,6 +61,9 @@ class Template:
     prompts: list[PromptPoints] = field(default_factory=list)
     window: tuple[float, float] | None = None
     slice_index: int | None = None
+    # What ``medshot select`` chose on the user's templates (backbone, its options, segmenter); runs use
+    # it unless told otherwise.
+    method: dict = field(default_factory=dict)
     _image: Image | None = field(default=None, repr=False)
     _mask: np.ndarray | None = field(default=None, repr=False)
     _label_values: dict[int, int] = field(default_factory=dict, repr=False)
@@ -116,7 +121,7 @@ class Template:
             template = cls(image_path=base / spec["image"], mask_path=mask_path,
                            labels={int(k): str(v) for k, v in (spec.get("labels") or {}).items()},
                            window=check_window(spec.get("window"), json_path),
-                           slice_index=spec.get("slice_index"))
+                           slice_index=spec.get("slice_index"), method=_method(spec.get("method")))
         except (KeyError, TypeError, ValueError) as exc:
             raise MedshotError(f"malformed template entry ({type(exc).__name__}: {exc})", json_path) from exc
         image = template.image
@@ -176,6 +181,8 @@ class Template:
             spec["window"] = list(self.window)
         if self.labels:
             spec["labels"] = {str(k): v for k, v in sorted(self.labels.items())}
+        if self.method:
+            spec["method"] = dict(self.method)
         if self.landmarks:
             spec["landmarks"] = [{"name": lm.name, **_entry(lm.point, image)} for lm in self.landmarks]
         if self.prompts:
@@ -226,6 +233,18 @@ def read_template_json(json_path: Path) -> dict:
     if not isinstance(spec, dict) or "image" not in spec:
         raise MedshotError("template JSON needs an 'image' entry", json_path)
     return spec
+
+
+METHOD_KEYS = ("backbone", "layer", "facet", "stride", "log_bin", "segmenter")
+
+
+def _method(entry) -> dict:
+    """The template's ``method`` entry: only the settings ``medshot select`` writes."""
+    if entry is None:
+        return {}
+    if not isinstance(entry, dict) or set(entry) - set(METHOD_KEYS):
+        raise ValueError(f"'method' takes only {', '.join(METHOD_KEYS)}")
+    return dict(entry)
 
 
 def is_volume_template(json_path: str | Path) -> bool:

@@ -109,13 +109,20 @@ class Ensemble:
         if masks and self.fusion == "local":
             local = [on_image(local_agreement(stage.work, prepared.work, corr.backward), prepared.grid, image.shape)
                      for _, stage, prepared, corr in kept]
-        fused = fuse_results(image, results, [m.template for m, *_ in kept], local)
-        fused.templates = {Path(m.template.image_path).name: 0.0 for m in self.members} | fused.templates
+        names = template_names(self.templates)
+        fused = fuse_results(image, results, [names[self.members.index(m)] for m, *_ in kept], local)
+        fused.templates = {name: 0.0 for name in names} | fused.templates
         fused.seconds = time.perf_counter() - start
         return fused
 
 
-def fuse_results(image: Image, results: list[TargetResult], templates: list[Template],
+def template_names(templates: list[Template]) -> list[str]:
+    """Each template's image file name (``name#2`` etc. where names repeat): how results name them."""
+    names = [Path(t.image_path).name for t in templates]
+    return [n if names.count(n) == 1 else f"{n}#{names[:i + 1].count(n)}" for i, n in enumerate(names)]
+
+
+def fuse_results(image: Image, results: list[TargetResult], names: list[str],
                  local: list[np.ndarray] | None = None) -> TargetResult:
     """One target's results from several templates fused into one (see :mod:`medshot.pipeline.fusion`).
 
@@ -125,8 +132,8 @@ def fuse_results(image: Image, results: list[TargetResult], templates: list[Temp
         The target.
     results : list of TargetResult
         One per template, on ``image``'s grid.
-    templates : list of Template
-        The templates, in the order of ``results``.
+    names : list of str
+        The templates' names, in the order of ``results``.
     local : list of ndarray, optional
         Per template, its local agreement with the target on ``image``'s grid (``None``: a plain vote).
     """
@@ -148,8 +155,7 @@ def fuse_results(image: Image, results: list[TargetResult], templates: list[Temp
         overall += relative_weights([np.nanmean([lm.confidence for lm in r.landmarks]) if r.landmarks else np.nan
                                      for r in results])
     total = overall.sum()
-    fused.templates = {Path(t.image_path).name: float(w / total if total > 0 else 1 / len(results))
-                       for t, w in zip(templates, overall)}
+    fused.templates = {name: float(w / total if total > 0 else 1 / len(results)) for name, w in zip(names, overall)}
     return fused
 
 

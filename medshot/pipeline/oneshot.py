@@ -12,7 +12,6 @@ whole volumes first, then boxes around the annotations; :mod:`medshot.pipeline.g
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,7 @@ from ..core.intensity import apply_range, check_window, intensity_range
 from ..data.image import Image, from_array
 from ..data.read import read_image
 from ..data.template import Template
-from ..features import Backbone, FeatureMap, get_backbone
+from ..features import Backbone, get_backbone
 from ..match.correspond import Candidate, Correspondence, CorrespondOptions, TemplateSide, correspond
 from ..match.points import match_points
 from ..match.verify import Verification
@@ -37,32 +36,10 @@ from .grids import VolumeStages, WorkGrid, capped_spacing, mapped_box, planar_gr
 from .landmarks import FineLandmarks, unit_map, upright
 from .options import default_options
 from .result import LandmarkResult, TargetResult
+from .stage import Prepared, Stage
 
 # Landmarks are matched once more at the images' own resolution where it is this much finer than the working grid.
 FINE_STEP = 1.2
-
-
-@dataclass
-class Stage:
-    """The template on one working grid: its image, descriptors and everything targets are matched with."""
-
-    grid: WorkGrid
-    work: np.ndarray
-    fmap: FeatureMap | None
-    features: np.ndarray
-    side: TemplateSide
-    evidence: Evidence
-
-
-@dataclass
-class Prepared:
-    """A target on one stage's working grid."""
-
-    image: Image
-    grid: WorkGrid
-    work: np.ndarray
-    fmap: FeatureMap | None
-    features: np.ndarray
 
 
 class OneShot:
@@ -101,11 +78,10 @@ class OneShot:
     """
 
     def __new__(cls, template=None, *args, **kwargs):
-        if isinstance(template, (list, tuple)):
-            if len(template) != 1:
-                from .ensemble import Ensemble
+        if isinstance(template, (list, tuple)) and len(template) != 1:
+            from .ensemble import Ensemble
 
-                return Ensemble(template, *args, **kwargs)
+            return Ensemble(template, *args, **kwargs)
         return super().__new__(cls)
 
     def __init__(self, template: Template, backbone: str | Backbone = "classical",
@@ -115,9 +91,7 @@ class OneShot:
                  backbone_options: dict | None = None, context: float = 0.1, work_spacing: float | None = None,
                  max_work_side: int = 80, fine_voxels: int = 72**3, max_work_voxels: int = 160**3,
                  max_carry_voxels: int = 96**3):
-        if isinstance(template, (list, tuple)):
-            template = template[0]
-        self.template = template
+        self.template = template = template[0] if isinstance(template, (list, tuple)) else template
         image = template.image
         self.ndim = image.ndim
         if isinstance(segmenter, str):
