@@ -249,12 +249,19 @@ class OneShot:
             return coarse, target, self._match(coarse, target)
         placed = self._match(coarse, target, deform=False)
         fine = self._stages[("fine", plan.fine_spacing)]
-        # template fine working -> template index -> (coarse) -> target index
-        to_target = (target.grid.from_work @ placed.matrix @ coarse.grid.to_work @ fine.grid.from_work)
-        lo, hi = mapped_box(to_target, fine.grid.shape, image.shape, pad=2 * plan.fine_spacing / image.spacing)
-        grid = spaced_grid(image.spacing, plan.fine_spacing, lo, hi)
-        boxed = self.prepare(image, grid, value_range)
-        return fine, boxed, self._match(fine, boxed, initial=grid.to_work @ to_target)
+        # Every coarse candidate is refined on the fine stage and the choice is verified there: at the
+        # coarse spacing small organs blur, and its ranking of the candidates often is not the fine one's.
+        best = None
+        for candidate in placed.candidates:
+            # template fine working -> template index -> (coarse) -> target index
+            to_target = (target.grid.from_work @ candidate.matrix @ coarse.grid.to_work @ fine.grid.from_work)
+            lo, hi = mapped_box(to_target, fine.grid.shape, image.shape, pad=2 * plan.fine_spacing / image.spacing)
+            grid = spaced_grid(image.spacing, plan.fine_spacing, lo, hi)
+            boxed = self.prepare(image, grid, value_range)
+            corr = self._match(fine, boxed, initial=grid.to_work @ to_target)
+            if best is None or corr.score > best[2].score:
+                best = (fine, boxed, corr)
+        return best
 
     def _match(self, stage: Stage, target: Prepared, initial: np.ndarray | None = None,
                deform: bool = True) -> Correspondence:
