@@ -32,6 +32,7 @@ import numpy as np
 
 from medshot import MedshotError, OneShot
 from medshot.evaluation.dataset import discover_dataset
+from medshot.evaluation.metrics import dice_per_label, normalized_distance
 from medshot.evaluation.plan import parse_list, split_cases
 from medshot.evaluation.runner import runner_for
 from medshot.pipeline.ensemble import fuse_results
@@ -46,14 +47,15 @@ def table_dice(prediction: np.ndarray, truth: np.ndarray) -> float:
     labels = sorted(({int(v) for v in np.unique(prediction)} | {int(v) for v in np.unique(truth)}) - {0})
     if not labels:
         return 1.0
-    return float(np.mean([2 * np.sum((prediction == k) & (truth == k)) / max(1, np.sum(prediction == k)
-                                                                          + np.sum(truth == k)) for k in labels]))
+    return float(np.mean(list(dice_per_label(prediction, truth, labels).values())))
 
 
 def median_ned(found: dict[str, np.ndarray], truth: dict[str, np.ndarray], shape) -> float:
     common = [n for n in truth if n in found]
-    d = [np.linalg.norm(found[n] - truth[n]) / np.linalg.norm(shape) for n in common]
-    return float(np.median(d)) if d else float("nan")
+    if not common:
+        return float("nan")
+    return float(np.median(normalized_distance(np.array([found[n] for n in common]),
+                                               np.array([truth[n] for n in common]), shape)))
 
 
 def run_task(task: str, folder: Path, split: str, size: int, timing: bool, max_targets: int | None) -> dict:

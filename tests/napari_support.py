@@ -25,3 +25,11 @@ def register_plugin() -> None:
 def add_layers(viewer, layer_data) -> list:
     """Add ``(data, kwargs, type)`` tuples as a reader returns them; returns the layers."""
     return [getattr(viewer, f"add_{kind}")(data, **kwargs) for data, kwargs, kind in layer_data]
+
+
+def open_panel(viewer, path, panel_class):
+    """Open ``path`` with the medshot reader and dock a new ``panel_class`` panel on ``viewer``."""
+    viewer.open(str(path), plugin="medshot")
+    panel = panel_class(viewer)
+    viewer.window.add_dock_widget(panel)
+    return panel

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from evaluate_helpers import case_blocks
 from PIL import Image
 from scipy import ndimage, stats
 
@@ -217,28 +218,17 @@ def test_unavailable_backbone_and_segmenter_are_listed_as_skipped(reference):
 # -- resume -------------------------------------------------------------------------------------------
 
 
-def _case_blocks(path: Path) -> list[list[str]]:
-    lines = path.read_text().splitlines(keepends=True)[1:]
-    blocks: list[list[str]] = []
-    for line in lines:
-        key = line.split(",")[:3]
-        if not blocks or blocks[-1][0].split(",")[:3] != key:
-            blocks.append([])
-        blocks[-1].append(line)
-    return blocks
-
-
 def test_resume_after_a_cut_off_case_gives_the_same_summary(dataset, reference, tmp_path):
     out = tmp_path / "resumed"
     out.mkdir()
     shutil.copy(reference / "run.json", out / "run.json")
     header = (reference / "cases.csv").read_text().splitlines(keepends=True)[0]
-    blocks = _case_blocks(reference / "cases.csv")
+    blocks = case_blocks(reference / "cases.csv")
     # first case complete, the second one cut in the middle of its second line
     (out / "cases.csv").write_text(header + "".join(blocks[0]) + blocks[1][0] + blocks[1][1][:17])
     assert evaluate("--data", dataset, "--out", out, *REFERENCE_ARGS) == 0
     assert (out / "summary.csv").read_bytes() == (reference / "summary.csv").read_bytes()
-    resumed = _case_blocks(out / "cases.csv")
+    resumed = case_blocks(out / "cases.csv")
     assert resumed[0] == blocks[0]  # kept as it was (same seconds): not recomputed
     assert len(resumed) == len(blocks) and sum(map(len, resumed)) == sum(map(len, blocks))
 
@@ -251,14 +241,14 @@ def test_killed_run_resumes_to_the_same_summary(dataset, reference, tmp_path):
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
-        if (out / "cases.csv").exists() and len(_case_blocks(out / "cases.csv")) >= 1:
+        if (out / "cases.csv").exists() and len(case_blocks(out / "cases.csv")) >= 1:
             proc.send_signal(signal.SIGKILL)
             break
         time.sleep(0.02)
     proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
-    done = len(_case_blocks(out / "cases.csv"))
-    assert 1 <= done < len(_case_blocks(reference / "cases.csv"))
+    done = len(case_blocks(out / "cases.csv"))
+    assert 1 <= done < len(case_blocks(reference / "cases.csv"))
     assert not (out / "summary.csv").exists()
     assert evaluate("--data", dataset, "--out", out, *REFERENCE_ARGS) == 0
     assert (out / "summary.csv").read_bytes() == (reference / "summary.csv").read_bytes()

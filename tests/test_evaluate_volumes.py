@@ -10,6 +10,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from evaluate_helpers import case_blocks
 
 from medshot.cli import main
 from medshot.evaluation.cases import Case
@@ -192,25 +193,16 @@ def test_volume_predictions_are_in_the_target_geometry_and_match_the_rows(run, v
         assert float(r["dice"]) == pytest.approx(value, abs=1e-5)
 
 
-def _case_blocks(path: Path) -> list[list[str]]:
-    blocks: list[list[str]] = []
-    for line in path.read_text().splitlines(keepends=True)[1:]:
-        if not blocks or blocks[-1][0].split(",")[:3] != line.split(",")[:3]:
-            blocks.append([])
-        blocks[-1].append(line)
-    return blocks
-
-
 def test_volume_run_resumes_to_the_same_summary(volumes, run, tmp_path):
     out = tmp_path / "resumed"
     out.mkdir()
     shutil.copy(run / "run.json", out / "run.json")
     header = (run / "cases.csv").read_text().splitlines(keepends=True)[0]
-    blocks = _case_blocks(run / "cases.csv")
+    blocks = case_blocks(run / "cases.csv")
     (out / "cases.csv").write_text(header + "".join(blocks[0]) + blocks[1][0] + blocks[1][1][:20])
     assert evaluate("--data", volumes, "--out", out, *ARGS) == 0
     assert (out / "summary.csv").read_bytes() == (run / "summary.csv").read_bytes()
-    resumed = _case_blocks(out / "cases.csv")
+    resumed = case_blocks(out / "cases.csv")
     assert resumed[0] == blocks[0] and len(resumed) == len(blocks)
 
 

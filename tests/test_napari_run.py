@@ -13,7 +13,7 @@ import pytest
 
 napari = pytest.importorskip("napari")
 
-from napari_support import register_plugin  # noqa: E402
+from napari_support import open_panel, register_plugin  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from medshot.cli import main  # noqa: E402
@@ -46,10 +46,7 @@ def setup(tmp_path, template_files, phantom, capsys):
 
 
 def _panel(viewer, template_json) -> RunPanel:
-    viewer.open(str(template_json), plugin="medshot")
-    panel = RunPanel(viewer)
-    viewer.window.add_dock_widget(panel)
-    return panel
+    return open_panel(viewer, template_json, RunPanel)
 
 
 def test_run_on_two_targets_adds_result_layers_and_a_review_table(make_napari_viewer, qtbot, setup, tmp_path):

@@ -10,7 +10,7 @@ import pytest
 napari = pytest.importorskip("napari")
 
 import nibabel as nib  # noqa: E402
-from napari_support import register_plugin  # noqa: E402
+from napari_support import open_panel, register_plugin  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from medshot.cli import main  # noqa: E402
@@ -27,10 +27,7 @@ def plugin():
 
 
 def _panel(viewer, path) -> TemplatePanel:
-    viewer.open(str(path), plugin="medshot")
-    panel = TemplatePanel(viewer)
-    viewer.window.add_dock_widget(panel)
-    return panel
+    return open_panel(viewer, path, TemplatePanel)
 
 
 def _cli_inputs(folder, names, points, label_names):

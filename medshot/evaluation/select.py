@@ -10,12 +10,13 @@ the earlier candidate (``classical`` first by default: a foundation model must b
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from ..core.errors import MedshotError
 from ..data.template import METHOD_KEYS, Template
+from ..data.write import file_label_values
 from .metrics import dice_per_label, normalized_distance
 
 
@@ -29,7 +30,6 @@ class Choice:
     pairs: int = 0
     seconds: float = float("nan")  # per target
     skipped: str = ""  # why it could not run (missing weights, say)
-    per_pair: list = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -50,14 +50,6 @@ def parse_candidates(backbones: list[str], segmenters: list[str]) -> list[dict]:
             options[key] = value if key == "facet" else (value.lower() in ("1", "true", "yes") if key == "log_bin"
                                                           else int(value))
         out += [{"backbone": name, **options, "segmenter": seg} for seg in segmenters]
-    return out
-
-
-def _label_values(label_map: np.ndarray, values: dict[int, int]) -> np.ndarray:
-    """Internal labels -> the values the template's mask file holds (templates may number them alike or not)."""
-    out = label_map.astype(np.int64)
-    for label, value in values.items():
-        out[label_map == label] = value
     return out
 
 
@@ -86,20 +78,17 @@ def score_choice(choice: Choice, templates: list[Template], weights: str | None 
             result = shot.run(truth.image, landmarks=bool(template.landmarks),
                               masks=template.mask is not None or bool(template.prompts))
             seconds.append(time.perf_counter() - start)
-            pair = {"template": template.image_path.name, "target": truth.image_path.name}
             if result.label_map is not None and truth.mask is not None:
-                found = _label_values(result.label_map, template.label_values)
-                expected = _label_values(truth.mask, truth.label_values)
-                pair["dice"] = float(np.mean(list(dice_per_label(found, expected).values())))
-                dices.append(pair["dice"])
+                # compared in the mask files' values: templates may number their labels differently inside
+                found = file_label_values(result.label_map, template.label_values)
+                expected = file_label_values(truth.mask, truth.label_values)
+                dices.append(float(np.mean(list(dice_per_label(found, expected).values()))))
             names = {lm.name: lm.point for lm in truth.landmarks}
             common = [lm for lm in result.landmarks if lm.name in names]
             if common:
                 ned = normalized_distance(np.array([lm.point for lm in common]),
                                           np.array([names[lm.name] for lm in common]), truth.image.shape)
-                pair["ned"] = float(np.median(ned))
-                neds.append(pair["ned"])
-            choice.per_pair.append(pair)
+                neds.append(float(np.median(ned)))
     choice.pairs = len(seconds)
     choice.mean_dice = float(np.mean(dices)) if dices else float("nan")
     choice.median_ned = float(np.median(neds)) if neds else float("nan")

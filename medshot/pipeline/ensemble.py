@@ -102,15 +102,15 @@ class Ensemble:
         start = time.perf_counter()
         image = self.load(target)
         matched = [(m, *m.correspond(image)) for m in self.members]
-        order = np.argsort([-corr.score for _, _, _, corr in matched], kind="stable")
-        kept = [matched[i] for i in order[:self.top_k or len(matched)]]
+        order = np.argsort([-corr.score for _, _, _, corr in matched], kind="stable")[:self.top_k or len(matched)]
+        kept = [matched[i] for i in order]
         results = [m.carry(stage, prepared, corr, landmarks, masks) for m, stage, prepared, corr in kept]
         local = None
         if masks and self.fusion == "local":
             local = [on_image(local_agreement(stage.work, prepared.work, corr.backward), prepared.grid, image.shape)
                      for _, stage, prepared, corr in kept]
         names = template_names(self.templates)
-        fused = fuse_results(image, results, [names[self.members.index(m)] for m, *_ in kept], local)
+        fused = fuse_results(image, results, [names[i] for i in order], local)
         fused.templates = {name: 0.0 for name in names} | fused.templates
         fused.seconds = time.perf_counter() - start
         return fused
@@ -165,9 +165,10 @@ def _fuse_landmarks(image: Image, results: list[TargetResult]) -> list[LandmarkR
     for name in names:
         found = [lm for r in results for lm in r.landmarks if lm.name == name]
         conf = np.array([lm.confidence for lm in found], float)
-        weights = relative_weights(conf) * np.where(np.isfinite(conf), np.maximum(conf, 1e-3), 1.0)
+        relative = relative_weights(conf)
+        weights = relative * np.where(np.isfinite(conf), np.maximum(conf, 1e-3), 1.0)
         point = geometric_median(np.array([lm.point for lm in found]), weights)
         mutual = float(np.sum(weights * [lm.mutual for lm in found])) >= 0.5 * float(weights.sum())
-        out.append(LandmarkResult(name, point, image.index_to_world(point[None])[0],
-                                  fuse_scores(conf, relative_weights(conf)), mutual))
+        out.append(LandmarkResult(name, point, image.index_to_world(point[None])[0], fuse_scores(conf, relative),
+                                  mutual))
     return out
