@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from .core.geometry import radiological
 from .core.intensity import apply_range, intensity_range
 
 # Distinct, colour-blind-friendly colours (Okabe-Ito first, then tab10-like).
@@ -100,8 +101,7 @@ def plane(volume: np.ndarray, axis: int, index: int) -> np.ndarray:
     axial (axis 2): anterior up, patient right on the image left; coronal (axis 1): superior up,
     patient right on the left; sagittal (axis 0): superior up, anterior on the left.
     """
-    sl = np.take(volume, index, axis=axis)
-    return sl.T[::-1, ::-1]
+    return radiological(np.take(volume, index, axis=axis))
 
 
 def structure_overlay(volume: np.ndarray, labels: np.ndarray, label: int, spacing: np.ndarray,

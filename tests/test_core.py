@@ -167,3 +167,15 @@ def test_block_match_recovers_a_shift(ndim):
     median = np.array([np.median(c[inner]) for c in d])
     np.testing.assert_allclose(median, shift, atol=0.25)
     assert confidence[inner].mean() > 0
+
+
+def test_radiological_layout_puts_anterior_up_and_the_patient_right_on_the_left():
+    from medshot.core.geometry import from_radiological, radiological
+
+    volume = np.zeros((5, 6, 7))  # RAS+: x toward the patient's right, y anterior, z superior
+    volume[4, 5, 3] = 1.0  # rightmost, most anterior voxel of slice z = 3
+    view = radiological(volume)
+    assert view.shape == (7, 6, 5)
+    assert view[3, 0, 0] == 1.0  # top row (anterior), left column (patient's right)
+    assert radiological(volume[:, :, 3])[0, 0] == 1.0  # a slice alike
+    assert np.array_equal(from_radiological(view), volume)

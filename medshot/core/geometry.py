@@ -26,6 +26,20 @@ def apply_affine(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
     return p @ matrix[:d, :d].T + matrix[:d, d]
 
 
+def radiological(array: np.ndarray) -> np.ndarray:
+    """A canonical (RAS+) slice or volume in the radiological layout (a view, not a copy).
+
+    ``(X, Y)`` -> ``(Y, X)`` and ``(X, Y, Z)`` -> ``(Z, Y, X)``, with Y and X reversed: anterior (or
+    superior) up and the patient's right on the image's left, as scanners' viewers show it.
+    """
+    return np.asarray(array).T[..., ::-1, ::-1]
+
+
+def from_radiological(array: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`radiological` (a view, not a copy)."""
+    return np.asarray(array)[..., ::-1, ::-1].T
+
+
 def scale_matrix(factors) -> np.ndarray:
     """Resampling by ``factors`` per axis that keeps pixel centres: ``u' = (u + 0.5) f - 0.5``."""
     f = np.atleast_1d(np.asarray(factors, dtype=np.float64))

@@ -13,18 +13,14 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ..core.geometry import pca_basis, project, resize_image
+from ..core.geometry import from_radiological, pca_basis, project, radiological, resize_image
 from .base import Backbone
 
 
-def _to_display(sl: np.ndarray) -> np.ndarray:
-    """Canonical axial slice (i = R, j = A) -> radiological view (anterior up, patient right on the left)."""
-    return sl.T[::-1, ::-1]
-
-
 def _from_display(data: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`_to_display` for ``(C, H, W)`` feature maps."""
-    return np.ascontiguousarray(np.swapaxes(data[:, ::-1, ::-1], 1, 2))
+    """:func:`~medshot.core.geometry.from_radiological` of each channel of ``(C, H, W)`` feature maps."""
+    # from_radiological reverses every axis, so the channel axis comes out last: (C, H, W) -> (W, H, C)
+    return np.ascontiguousarray(np.moveaxis(from_radiological(data), -1, 0))
 
 
 def slice_features(volume: np.ndarray, backbone: Backbone, reduced_dims: int = 24,
@@ -51,7 +47,7 @@ def slice_features(volume: np.ndarray, backbone: Backbone, reduced_dims: int = 2
     cache: dict[int, np.ndarray] = {}
 
     def run(k: int) -> np.ndarray:
-        img = _to_display(volume[:, :, k])  # (J, I)
+        img = radiological(volume[:, :, k])  # (J, I)
         H, W = img.shape
         f = slice_side / max(H, W)
         given = img

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from ..core.geometry import from_radiological, radiological
 from ..data.image import Image
 from ..data.markups import FLIP
 
@@ -81,7 +82,7 @@ class Frame:
         """
         if not self.is_volume:
             return np.asarray(array)
-        return np.ascontiguousarray(np.asarray(array).transpose(2, 1, 0)[:, ::-1, ::-1])
+        return np.ascontiguousarray(radiological(array))
 
     def from_display(self, data: np.ndarray) -> np.ndarray:
         """Inverse of :meth:`to_display` (a volume comes back as the canonical RAS array)."""
@@ -90,7 +91,7 @@ class Frame:
             raise ValueError(f"layer data is {data.shape}, the image is {self.display_shape}")
         if not self.is_volume:
             return data
-        return np.ascontiguousarray(data[:, ::-1, ::-1].transpose(2, 1, 0))
+        return np.ascontiguousarray(from_radiological(data))
 
     # -- points ------------------------------------------------------------------------------
 
