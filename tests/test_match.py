@@ -11,13 +11,20 @@ from medshot.core.geometry import (
     apply_affine,
     fft_size,
     grid_coords,
+    l2_normalize,
     resize_image,
     rotation_2d,
     scale_matrix,
     warp_channels,
 )
 from medshot.features.classical import classical_features
-from medshot.match.correspond import invert_field
+from medshot.match.correspond import (
+    CorrespondOptions,
+    TemplateSide,
+    correspond,
+    deform_verified,
+    invert_field,
+)
 from medshot.match.refine import fit_affine, plausible
 from medshot.match.search import SearchOptions, _overlap, build_bank, search
 from medshot.match.verify import Verifier
@@ -118,3 +125,50 @@ def test_verifier_prefers_the_true_placement_and_counts_what_is_missing():
     off = np.eye(3)
     off[1, 2] = 150.0  # most of the region lands outside the 224-wide image
     assert verify(phantom.image, off).present < 0.5
+
+
+def _phantom_pair(shift=(5.0, -4.0)):
+    phantom = make_phantom((96, 112))
+    target = ndimage.shift(phantom.image, shift, order=1, mode="nearest")
+    roi = ndimage.binary_dilation(phantom.mask > 0, iterations=6)
+    return phantom.image, target, roi
+
+
+def _unit(image):
+    return l2_normalize(classical_features(image), axis=0)
+
+
+def test_correspond_deforms_its_affine_choice_as_deform_verified_does():
+    """The fine stage of a volume deforms only the best of several refined placements, through
+    ``deform_verified``: it must be what ``correspond`` itself does after its affine choice."""
+    template, target, roi = _phantom_pair()
+    options = CorrespondOptions(search=SearchOptions(candidates=1), intensity=False, deformation="features")
+    side = TemplateSide(template, _unit(template), roi, _describe, lambda image: _unit(image), options)
+    whole = correspond(side, target, _unit(target))
+    affine = correspond(side, target, _unit(target), deformable=False)
+    split = deform_verified(side, target, _unit(target), affine)
+    assert whole.chosen.name == affine.chosen.name
+    np.testing.assert_allclose(split.backward, whole.backward, atol=1e-4)
+    assert split.score == pytest.approx(whole.score)
+    # the placement is right: the shifted phantom's organ centre comes from the template's
+    centre = np.argwhere(ndimage.shift(roi.astype(float), (5.0, -4.0), order=0) > 0.5).mean(0)
+    source = [ndimage.map_coordinates(c, centre[:, None], order=1)[0] for c in split.backward]
+    assert np.hypot(*(np.array(source) - np.argwhere(roi).mean(0))) < 2.0
+
+
+def test_without_redescribe_the_template_descriptors_are_resampled():
+    template, _, roi = _phantom_pair()
+    features = _unit(template)
+    kept = TemplateSide(template, features, roi, _describe, lambda image: _unit(image), CorrespondOptions())
+    resampled = TemplateSide(template, features, roi, _describe, lambda image: _unit(image),
+                             CorrespondOptions(redescribe=False))
+    assert kept.describe is not None and resampled.describe is None
+    # None: described again only where the refinement grid is about the working grid (here 96 x 112)
+    auto = CorrespondOptions(redescribe=None)
+    for side, again in ((128, True), (90, True), (64, False)):
+        auto.refine.affine_side = auto.refine.deform_side = side
+        assert (TemplateSide(template, features, roi, _describe, _unit, auto).describe is not None) == again
+    # at the template's own pixels, resampling gives back its own descriptors exactly
+    coords = np.indices(template.shape, dtype=np.float64)
+    seen, valid = resampled.at(coords)
+    np.testing.assert_allclose(seen[:, valid], features[:, valid], atol=1e-5)

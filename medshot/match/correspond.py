@@ -43,6 +43,13 @@ class CorrespondOptions:
     # In-plane orientation is standardised in most acquisitions: a candidate turned by a half turn must
     # verify this much (fraction) better than an upright one to be chosen; a quarter turn half as much.
     turn_penalty: float = 0.1
+    # Describe the template again in each candidate's frame (descriptors are not rotation-invariant, and
+    # 2D candidates turn by up to a half turn: True), or resample its descriptors (False). None: only where
+    # the refinement grids are at most a third coarser than the working grid. For candidates that turn
+    # little (volumes), the template's own descriptors keep the detail of its working grid that a
+    # description on a much coarser refinement grid loses; at about the working grid's scale, describing
+    # the resampled template as the target is described compares like with like.
+    redescribe: bool | None = True
     identity: bool = True  # no motion is always a candidate
     intensity: bool = True  # so is a mutual-information affine
     intensity_side: int = 128  # grid (longest side) of the intensity affine and of demons
@@ -163,8 +170,9 @@ class TemplateSide:
     describe_coarse : callable
         Descriptors of an image at the coarse search level (see :mod:`.search`).
     describe : callable, optional
-        Dense descriptors of an image on its own grid. Given, the template is resampled into each
-        candidate's frame and described again there; without it its descriptors are resampled.
+        Dense descriptors of an image on its own grid. Given (and as ``options.redescribe`` says), the
+        template is resampled into each candidate's frame and described again there; else its
+        descriptors are resampled.
     """
 
     def __init__(self, image: np.ndarray, features: np.ndarray, roi: np.ndarray, describe_coarse: Describe,
@@ -178,8 +186,12 @@ class TemplateSide:
         self.bank: PoseBank = build_bank(self.image, self.roi, describe_coarse, self.options.search)
         self.verifier = Verifier(self.image, self.weight, self.options.verify_side, self.options.verify_sigma,
                                  self.options.verify_eps)
-        self.describe = describe
-        self.at = TemplateSampler(self.image, self.roi, features, describe)
+        redescribe = self.options.redescribe
+        if redescribe is None:
+            refine = self.options.refine
+            redescribe = 0.75 * max(self.image.shape) <= min(refine.affine_side, refine.deform_side)
+        self.describe = describe if redescribe else None
+        self.at = TemplateSampler(self.image, self.roi, features, self.describe)
 
 
 def correspond(template: TemplateSide, target: np.ndarray, target_features: np.ndarray,
@@ -218,12 +230,7 @@ def correspond(template: TemplateSide, target: np.ndarray, target_features: np.n
         from .intensity import intensity_affine
 
         add("intensity affine", intensity_affine(template.image, target, side=options.intensity_side))
-    if template.describe is not None:  # described again at each grid, the target as the template
-        def on_level(shape):
-            return template.describe(resize_image(target, shape))
-    else:
-        def on_level(shape):
-            return resize_features(target_features, shape)
+    on_level = _describe_on_level(template, target, target_features)
     level = TargetLevel(target.shape, options.refine.affine_side, on_level)
     if describe_target is None:
         def describe_target(shape):
@@ -242,18 +249,44 @@ def correspond(template: TemplateSide, target: np.ndarray, target_features: np.n
     affine_only = Correspondence(grid_coords(np.linalg.inv(chosen.matrix), target.shape), chosen.matrix, chosen,
                                  candidates, chosen.verification,
                                  grid_coords(chosen.matrix @ np.linalg.inv(verify.to_level), verify.shape))
+    return deform_verified(template, target, target_features, affine_only, level) if deformable else affine_only
+
+
+def _describe_on_level(template: TemplateSide, target: np.ndarray,
+                       target_features: np.ndarray) -> Callable[[tuple[int, ...]], np.ndarray]:
+    """The target's descriptors on a refinement grid of a given shape, as the template is seen there."""
+    if template.describe is not None:  # described again at each grid, the target as the template
+        describe = template.describe
+
+        def on_level(shape):
+            return describe(resize_image(target, shape))
+    else:
+        def on_level(shape):
+            return resize_features(target_features, shape)
+    return on_level
+
+
+def deform_verified(template: TemplateSide, target: np.ndarray, target_features: np.ndarray,
+                    affine_only: Correspondence, level: TargetLevel | None = None) -> Correspondence:
+    """``affine_only`` deformed (``options.deformation``), or kept where no deformation verifies better.
+
+    Parameters are those of :func:`correspond`; ``affine_only`` is a correspondence it returned with
+    ``deformable=False`` on the same target, ``level`` the refinement grid it used (made again if None).
+    """
+    options = template.options
+    verify = template.verifier
+    chosen, candidates = affine_only.chosen, affine_only.candidates
+    on_level = _describe_on_level(template, target, target_features)
     methods = {"auto": ("demons", "features"), "none": ()}.get(options.deformation, (options.deformation,))
-    if not deformable:
-        methods = ()
     best = affine_only
     tried = [affine_only]
     d = target.ndim
     level_points = grid_coords(np.linalg.inv(verify.to_level), verify.shape).reshape(d, -1).T
     for method in methods:
         if method == "features":
-            level_d = level if options.refine.deform_side == options.refine.affine_side else \
-                TargetLevel(target.shape, options.refine.deform_side, on_level)
-            backward = deform(template.at, level_d, chosen.matrix, options.refine, target.shape)
+            if level is None or options.refine.deform_side != options.refine.affine_side:
+                level = TargetLevel(target.shape, options.refine.deform_side, on_level)
+            backward = deform(template.at, level, chosen.matrix, options.refine, target.shape)
         elif method == "demons":
             from .intensity import demons_backward
 

@@ -24,7 +24,7 @@ from ..data.image import Image, from_array
 from ..data.read import read_image
 from ..data.template import Template
 from ..features import Backbone, get_backbone
-from ..match.correspond import Candidate, Correspondence, CorrespondOptions, TemplateSide, correspond
+from ..match.correspond import Candidate, Correspondence, CorrespondOptions, TemplateSide, correspond, deform_verified
 from ..match.points import match_points
 from ..match.verify import Verification
 from ..segment import Prompt, Segmenter, box_from_points, check_segmenter, get_segmenter
@@ -251,6 +251,7 @@ class OneShot:
         fine = self._stages[("fine", plan.fine_spacing)]
         # Every coarse candidate is refined on the fine stage and the choice is verified there: at the
         # coarse spacing small organs blur, and its ranking of the candidates often is not the fine one's.
+        # Only the chosen one is deformed.
         best = None
         for candidate in placed.candidates:
             # template fine working -> template index -> (coarse) -> target index
@@ -258,10 +259,11 @@ class OneShot:
             lo, hi = mapped_box(to_target, fine.grid.shape, image.shape, pad=2 * plan.fine_spacing / image.spacing)
             grid = spaced_grid(image.spacing, plan.fine_spacing, lo, hi)
             boxed = self.prepare(image, grid, value_range)
-            corr = self._match(fine, boxed, initial=grid.to_work @ to_target)
-            if best is None or corr.score > best[2].score:
-                best = (fine, boxed, corr)
-        return best
+            corr = self._match(fine, boxed, initial=grid.to_work @ to_target, deform=False)
+            if best is None or corr.score > best[1].score:
+                best = (boxed, corr)
+        boxed, corr = best
+        return fine, boxed, deform_verified(fine.side, boxed.work, boxed.features, corr)
 
     def _match(self, stage: Stage, target: Prepared, initial: np.ndarray | None = None,
                deform: bool = True) -> Correspondence:
