@@ -143,7 +143,7 @@ def test_correspond_deforms_its_affine_choice_as_deform_verified_does():
     ``deform_verified``: it must be what ``correspond`` itself does after its affine choice."""
     template, target, roi = _phantom_pair()
     options = CorrespondOptions(search=SearchOptions(candidates=1), intensity=False, deformation="features")
-    side = TemplateSide(template, _unit(template), roi, _describe, lambda image: _unit(image), options)
+    side = TemplateSide(template, _unit(template), roi, _describe, _unit, options)
     whole = correspond(side, target, _unit(target))
     affine = correspond(side, target, _unit(target), deformable=False)
     split = deform_verified(side, target, _unit(target), affine)
@@ -159,8 +159,8 @@ def test_correspond_deforms_its_affine_choice_as_deform_verified_does():
 def test_without_redescribe_the_template_descriptors_are_resampled():
     template, _, roi = _phantom_pair()
     features = _unit(template)
-    kept = TemplateSide(template, features, roi, _describe, lambda image: _unit(image), CorrespondOptions())
-    resampled = TemplateSide(template, features, roi, _describe, lambda image: _unit(image),
+    kept = TemplateSide(template, features, roi, _describe, _unit, CorrespondOptions())
+    resampled = TemplateSide(template, features, roi, _describe, _unit,
                              CorrespondOptions(redescribe=False))
     assert kept.describe is not None and resampled.describe is None
     # None: described again only where the refinement grid is about the working grid (here 96 x 112)
