@@ -81,7 +81,7 @@ def run_target(work: Work, shot: Any, target: str) -> Outcome:
         return Outcome(target, status="failed", reason=one_line(exc.problem if same else str(exc)))
     except Exception as exc:  # noqa: BLE001 - isolation: one target's failure must not end the batch
         return Outcome(target, status="failed", reason=one_line(f"{type(exc).__name__}: {exc}"))
-    full = [[target, *row, ""] for row in rows]
+    full = [[target, *row] for row in rows]  # each row ends with its status and its reason
     status = "low_confidence" if any(r[-2] == "low_confidence" for r in full) else "ok"
     return Outcome(target, files, full, status)
 

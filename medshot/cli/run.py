@@ -306,7 +306,7 @@ def localize_work(shot, path: Path) -> tuple[dict[str, bytes], list[list]]:
                     for lm in result.landmarks]
     files = {image.stem + ".mrk.json": markups_bytes(image, names, result.landmark_points, descriptions)}
     return files, [[lm.name, *landmark_columns(image, lm), round(lm.confidence, 4), *template_weights(shot, result),
-                    score_status(lm.confidence)] for lm in result.landmarks]
+                    score_status(lm.confidence), lm.reason] for lm in result.landmarks]
 
 
 def template_weights(shot, result) -> list[str]:
@@ -351,7 +351,8 @@ def segment_work(shot, path: Path) -> tuple[dict[str, bytes], list[list]]:
         n = int(np.sum(label_map == label))
         size = [n] if image.ndim == 2 else [n, round(n * voxel_ml(image), 4)]
         rows.append([values.get(label, label), *size, round(score, 4), round(seconds, 3),
-                     *template_weights(shot, result), score_status(score)])
+                     *template_weights(shot, result), score_status(score),
+                     result.reasons.get(label, "") or ("" if score_status(score) == "ok" else "no result for it")])
     return files, rows
 
 

@@ -93,17 +93,49 @@ def resize_image(image: np.ndarray, shape: tuple[int, ...], box: tuple[slice, ..
     image = np.asarray(image if box is None else image[box], np.float32)
     if tuple(image.shape) == tuple(shape):
         return image
-    f = np.array(shape, float) / np.array(image.shape, float)
-    sigma = [max(0.0, 0.5 / fa - 0.5) if fa < 1 else 0.0 for fa in f]
-    if any(sigma):
-        image = ndimage.gaussian_filter(image, sigma, mode="nearest")
-    out = image
+    return sample_grid(image, shape, np.array(shape, float) / np.array(image.shape, float))
+
+
+def sample_grid(image: np.ndarray, shape: tuple[int, ...], factor, origin=None, transform=None) -> np.ndarray:
+    """``image`` on a grid of ``shape`` whose index ``w`` lies at image index ``(w + 0.5) / factor - 0.5 + origin``.
+
+    Parameters
+    ----------
+    image : ndarray ``(M, N[, P])``
+    shape : tuple of int
+        The grid's shape (it may reach past the image: edge values are repeated there).
+    factor : array_like ``(ndim,)``
+        Grid points per image pixel along each axis; axes that shrink (``factor < 1``) are smoothed
+        first (Gaussian of ``0.5 / factor - 0.5`` pixels).
+    origin : array_like ``(ndim,)``, optional
+        Image index of the grid's first point's lower edge (fractional allowed; default 0).
+    transform : callable, optional
+        Applied to the part of ``image`` that is read before smoothing (e.g. an intensity window), so a
+        large volume is never transformed whole.
+
+    Only the part of ``image`` the grid covers, plus the smoothing's reach, is read: a box of a large
+    volume costs the box.
+    """
+    d = len(shape)
+    f = np.asarray(factor, float).reshape(d)
+    o = np.zeros(d) if origin is None else np.asarray(origin, float).reshape(d)
+    sigma = np.array([max(0.0, 0.5 / fa - 0.5) if fa < 1 else 0.0 for fa in f])
+    coords = [(np.arange(n) + 0.5) / fa - 0.5 + oa for n, fa, oa in zip(shape, f, o)]
+    reach = np.ceil(4 * sigma) + 1
+    lo = np.clip([int(np.floor(c.min() - r)) for c, r in zip(coords, reach)], 0, np.array(image.shape) - 1)
+    hi = np.clip([int(np.ceil(c.max() + r)) + 1 for c, r in zip(coords, reach)], lo + 1, np.array(image.shape))
+    sub = np.asarray(image[tuple(slice(a, b) for a, b in zip(lo, hi))], np.float32)
+    if transform is not None:
+        sub = np.asarray(transform(sub), np.float32)
+    if sigma.any():
+        sub = ndimage.gaussian_filter(sub, list(sigma), mode="nearest")
+    out = sub
     for axis in np.argsort(f):
-        coords = np.clip((np.arange(shape[axis]) + 0.5) / f[axis] - 0.5, 0, image.shape[axis] - 1)
-        lo = np.minimum(np.floor(coords).astype(np.intp), max(image.shape[axis] - 2, 0))
-        hi = np.minimum(lo + 1, image.shape[axis] - 1)
-        w = (coords - lo).astype(np.float32).reshape([-1 if a == axis else 1 for a in range(image.ndim)])
-        out = np.take(out, lo, axis=axis) * (1 - w) + np.take(out, hi, axis=axis) * w
+        c = np.clip(coords[axis] - lo[axis], 0, sub.shape[axis] - 1)
+        a = np.minimum(np.floor(c).astype(np.intp), max(sub.shape[axis] - 2, 0))
+        b = np.minimum(a + 1, sub.shape[axis] - 1)
+        w = (c - a).astype(np.float32).reshape([-1 if k == axis else 1 for k in range(sub.ndim)])
+        out = np.take(out, a, axis=axis) * (1 - w) + np.take(out, b, axis=axis) * w
     return out.astype(np.float32)
 
 

@@ -128,3 +128,27 @@ def normalized_distance(predicted_xy: np.ndarray, true_xy: np.ndarray, image_sha
     true_xy = np.asarray(true_xy, float)
     diag = float(np.sqrt(np.sum(np.square(image_shape))))
     return np.linalg.norm(predicted_xy - true_xy, axis=-1) / diag
+
+
+def reliability(probability: np.ndarray, outcome: np.ndarray, bins: int = 10) -> list[tuple[float, float, int]]:
+    """Per probability bin (equal width on [0, 1]): ``(mean predicted, observed frequency, count)``.
+
+    Non-finite probabilities are left out; empty bins are omitted.
+    """
+    p = np.asarray(probability, float)
+    y = np.asarray(outcome, float)
+    keep = np.isfinite(p)
+    p, y = p[keep], y[keep]
+    which = np.minimum((p * bins).astype(int), bins - 1)
+    return [(float(p[which == b].mean()), float(y[which == b].mean()), int(np.sum(which == b)))
+            for b in range(bins) if np.any(which == b)]
+
+
+def expected_calibration_error(probability: np.ndarray, outcome: np.ndarray, bins: int = 10) -> float:
+    """Expected calibration error: the count-weighted mean |predicted - observed| over :func:`reliability`'s bins.
+
+    0 for a perfectly calibrated score (of the results given 0.8, 80 % are right); NaN with no finite score.
+    """
+    table = reliability(probability, outcome, bins)
+    total = sum(n for _, _, n in table)
+    return float(sum(n * abs(p - o) for p, o, n in table) / total) if total else float("nan")

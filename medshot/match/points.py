@@ -116,7 +116,7 @@ def _patch_queries(fmap: FeatureMap, point: np.ndarray, offsets: np.ndarray) -> 
 def match_points(template: FeatureMap, target: FeatureMap, template_points: np.ndarray,
                  initial: np.ndarray | None = None, radius: float | None = None,
                  prior_sigma: float | None = None, patch_radius: float = 4.0,
-                 patch_step: float = 2.0) -> PointMatches:
+                 patch_step: float = 2.0, keep_gain: float = 0.25, min_distinct: float = 0.1) -> PointMatches:
     """Find template points in the target by descriptor similarity.
 
     Parameters
@@ -132,6 +132,12 @@ def match_points(template: FeatureMap, target: FeatureMap, template_points: np.n
         Pixels: each point is described by the descriptors on a square patch around it (radius 0 =
         the point's own descriptor). A patch is more distinctive than one descriptor where a
         landmark sits on an edge or a ring.
+    keep_gain, min_distinct : float
+        With ``initial``, a point moves to the peak only where the evidence there is distinctive: the
+        window's peak stands out from its median by at least ``min_distinct`` (as a fraction of the
+        room above the median), and it beats the expected position by more than ``keep_gain`` of that
+        contrast. Elsewhere (a flat region, or an expected position about as good as the peak) the
+        expected position stands: a centroid in a uniform organ has no descriptor evidence to move by.
     """
     d = target.ndim
     template_points = np.asarray(template_points, np.float64).reshape(-1, d)
@@ -156,11 +162,15 @@ def match_points(template: FeatureMap, target: FeatureMap, template_points: np.n
             d2 = ((pixels - center.reshape((d,) + (1,) * d)) ** 2).sum(0)
             weighted = (scores + 1) / 2 * np.exp(-d2 / (2 * prior_sigma**2))
         at, _ = subpixel_peak(weighted)
-        out[i] = first + at
         peak = float(ndimage.map_coordinates(scores, at[:, None], order=1)[0])
-        out_sim[i] = peak
         background = float(np.median(scores))
         out_conf[i] = np.clip((peak - background) / max(1e-6, 1 - background), 0, 1)
+        if initial is not None:
+            here = float(ndimage.map_coordinates(scores, (center - first)[:, None], order=1, mode="nearest")[0])
+            if out_conf[i] < min_distinct or peak - here <= keep_gain * (peak - background):
+                at, peak = center - first, here
+        out[i] = first + at
+        out_sim[i] = peak
 
     # Mutual nearest neighbours: search back from each target match around its template point.
     t_diag = float(np.linalg.norm(template.image_shape))

@@ -4,10 +4,10 @@ A correspondence lives on two working grids; what the user gets lives on the ima
 
     target index -> target working -> (backward field) template working -> template index
 
-Label maps are carried only in the box of the target where the template's labels can land, on a
-grid of at most ``max_voxels`` (so a large CT never needs full-resolution fields), as per-label
-probabilities brought to the target's voxels a slab at a time with a running argmax: memory grows
-neither with the number of labels nor with the box.
+Label maps are carried only in the box of the target where the template's labels can land, at the
+target's own resolution, a slab of at most ``max_voxels`` voxels at a time with a running argmax
+over the labels' interpolated indicators: memory grows neither with the number of labels nor with
+the box, and thin structures on thick slices keep their shape.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from ..core.geometry import apply_affine
+from ..core.geometry import apply_affine, grid_coords
 from ..match.correspond import Correspondence
 from .grids import WorkGrid, mapped_box
 
@@ -45,7 +45,7 @@ def carry_points(corr: Correspondence, template: WorkGrid, target: WorkGrid, poi
 def carry_labels(mask: np.ndarray, labels: list[int], corr: Correspondence, template: WorkGrid,
                  target: WorkGrid, target_shape: tuple[int, ...], max_voxels: int | None = None,
                  dtype=np.uint16) -> np.ndarray:
-    """The template's label map (its image grid) on the target image's grid.
+    """The template's label map (its image grid) on the target image's grid, at the target's own resolution.
 
     Parameters
     ----------
@@ -56,7 +56,13 @@ def carry_labels(mask: np.ndarray, labels: list[int], corr: Correspondence, temp
     corr : Correspondence
         From ``template``'s working grid to ``target``'s.
     max_voxels : int, optional
-        Cap on the grid the labels are carried on at once (None: the target's own pixels).
+        Target voxels carried at once (a slab along the first axis; default 2**22): bounds memory
+        without coarsening the result, which thin labels on thick slices would not survive.
+
+    Returns
+    -------
+    ndarray of ``target_shape``
+        Each voxel gets the label whose linearly interpolated indicator is largest there, if above 0.5.
     """
     d = len(target_shape)
     out = np.zeros(target_shape, dtype)
@@ -70,48 +76,41 @@ def carry_labels(mask: np.ndarray, labels: list[int], corr: Correspondence, temp
     box_grid = np.eye(d + 1)
     box_grid[:d, d] = lo_t
     lo, hi = mapped_box(to_target @ box_grid, tuple(hi_t - lo_t), target_shape, margin=0.25, pad=4.0)
-    size = hi - lo
-    scale = 1.0 if max_voxels is None else min(1.0, (max_voxels / float(np.prod(size))) ** (1 / d))
-    shape = tuple(max(2, int(round(n * scale))) for n in size)
-    factor = np.array(shape, float) / size
-    axes = [lo[a] + (np.arange(shape[a]) + 0.5) / factor[a] - 0.5 for a in range(d)]
-    index = np.stack(np.meshgrid(*axes, indexing="ij"))  # target image indices of the carrying grid
-    at_template = apply_affine(template.from_work, backward_at(
-        corr, apply_affine(target.to_work, index.reshape(d, -1).T).T.reshape(index.shape)).reshape(d, -1).T)
-    at_template = at_template.T.reshape(index.shape)
-    probs = np.stack([_carry_label(mask, lab, at_template) for lab in present])
-    del at_template, index
-    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
-    crop = out[box]
-    # Back to the target's own pixels a slab at a time (along the first axis), with a running argmax.
-    up = [np.clip((np.arange(n) + 0.5) / f - 0.5, 0, m - 1) for n, f, m in zip(size, factor, shape)]
-    step = max(1, int(2**22 // max(1, np.prod(size[1:]))))
-    for a0 in range(0, int(size[0]), step):
-        axes = [up[0][a0:a0 + step], *up[1:]]
-        best_p = np.full([len(axes[0]), *size[1:]], 0.5, np.float32)  # a pixel needs more than 0.5 to get a label
-        best_i = np.full(best_p.shape, -1, np.int32)
-        for i, p in enumerate(probs):
-            q = sample_axes(p, axes)
+    indicators = [_indicator(mask, lab) for lab in present]
+    step = max(1, int((max_voxels or 2**22) // max(1, np.prod(hi[1:] - lo[1:]))))
+    for a0 in range(int(lo[0]), int(hi[0]), step):
+        axes = [np.arange(a0, min(a0 + step, int(hi[0])))] + [np.arange(a, b) for a, b in zip(lo[1:], hi[1:])]
+        index = np.stack(np.meshgrid(*axes, indexing="ij")).reshape(d, -1).astype(np.float64)
+        at_template = apply_affine(template.from_work, backward_at(
+            corr, apply_affine(target.to_work, index.T).T).T).T
+        best_p = np.full(index.shape[1], 0.5, np.float32)  # a voxel needs more than 0.5 to get a label
+        best_i = np.full(index.shape[1], -1, np.int32)
+        for i, (sub, sub_lo) in enumerate(indicators):
+            coords = at_template - sub_lo[:, None]
+            near = np.all((coords > -1) & (coords < np.array(sub.shape)[:, None]), axis=0)
+            if not near.any():
+                continue
+            q = np.zeros(index.shape[1], np.float32)
+            q[near] = ndimage.map_coordinates(sub, coords[:, near], order=1, mode="grid-constant", cval=0.0)
             better = q > best_p
             best_p[better] = q[better]
             best_i[better] = i
+        slab = np.zeros(best_i.shape, dtype)
         for i, lab in enumerate(present):
-            crop[a0:a0 + step][best_i == i] = lab
+            slab[best_i == i] = lab
+        out[tuple(slice(int(ax[0]), int(ax[-1]) + 1) for ax in axes)] = slab.reshape([len(ax) for ax in axes])
     return out
 
 
-def _carry_label(mask: np.ndarray, label: int, coords: np.ndarray) -> np.ndarray:
-    """Linear interpolation of one label's indicator at template indices ``coords`` ``(ndim, ...)``.
+def _indicator(mask: np.ndarray, label: int) -> tuple[np.ndarray, np.ndarray]:
+    """One label's indicator (float32) on its bounding box plus one pixel, and the box's first index.
 
-    Only the label's bounding box (plus one pixel) is converted to float, so a large template's
-    label map is never copied whole.
+    Only that box is converted to float, so a large template's label map is never copied whole.
     """
     idx = np.argwhere(mask == label)
     lo = np.maximum(idx.min(0) - 1, 0)
     hi = np.minimum(idx.max(0) + 2, mask.shape)
-    sub = (mask[tuple(slice(a, b) for a, b in zip(lo, hi))] == label).astype(np.float32)
-    shifted = coords - lo.reshape((-1,) + (1,) * (coords.ndim - 1))
-    return ndimage.map_coordinates(sub, shifted, order=1, mode="constant", cval=0.0)
+    return (mask[tuple(slice(a, b) for a, b in zip(lo, hi))] == label).astype(np.float32), lo.astype(float)
 
 
 def sample_axes(array: np.ndarray, axes: list[np.ndarray]) -> np.ndarray:
@@ -132,3 +131,23 @@ def points_where(points: np.ndarray, region: np.ndarray, inside: bool) -> np.nda
     idx = np.clip(np.round(points).astype(int), 0, np.array(region.shape) - 1)
     within = np.all((points >= 0) & (points <= np.array(region.shape) - 1), axis=1)
     return points[within & (region[tuple(idx.T)] == inside)]
+
+
+def labels_on_grid(label_map: np.ndarray, labels: list[int], grid: WorkGrid) -> dict[int, np.ndarray]:
+    """Each label's region on a working grid (bool, the grid's shape), from a label map on the image's grid.
+
+    A working pixel takes the label nearest its centre. A label too small to own a working pixel that
+    way (a thin or tiny structure on a coarse grid) gets the working pixels its own pixels fall in, so
+    every label present in ``label_map`` has a region, and evidence, on the grid.
+    """
+    nearest = ndimage.map_coordinates(label_map, grid_coords(grid.from_work, grid.shape), order=0, mode="nearest")
+    shape = np.array(grid.shape)
+    out = {}
+    for label in labels:
+        region = nearest == label
+        if not region.any():
+            at = np.round(apply_affine(grid.to_work, np.argwhere(label_map == label))).astype(int)
+            at = at[np.all((at >= 0) & (at < shape), axis=1)]
+            region[tuple(at.T)] = True
+        out[label] = region
+    return out

@@ -34,6 +34,8 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
+from .result import LOW_CONFIDENCE_SCORE as LOW
+
 
 @dataclass
 class LabelEvidence:
@@ -48,6 +50,8 @@ class LabelEvidence:
     sharpness: float  # agreement in place minus next to it (the region shifted by a quarter of its radius)
     local_sharpness: float  # likewise around this label, shifted by its radius
     relative_size: float  # log10 of the label's share of the template image
+    size_ratio: float = 1.0  # the returned region's area / the carried region's (working grid)
+    consistency: float = 1.0  # Dice of the returned region and the carried one
 
 
 @dataclass
@@ -93,14 +97,91 @@ def logistic(evidence, model: dict) -> float:
     return float(1.0 / (1.0 + np.exp(-np.clip(z, -30, 30))))
 
 
-def label_score(evidence: LabelEvidence) -> float:
+# Volumes have their own models (fitted on the tune half of the volume tasks): their working grids,
+# verifiers and evidence differ in scale from a 2D image's. Same features, same form.
+LABEL_MODEL_3D = LABEL_MODEL
+LANDMARK_MODEL_3D = LANDMARK_MODEL
+
+
+def label_model(ndim: int) -> dict:
+    return LABEL_MODEL_3D if ndim == 3 else LABEL_MODEL
+
+
+def landmark_model(ndim: int) -> dict:
+    return LANDMARK_MODEL_3D if ndim == 3 else LANDMARK_MODEL
+
+
+def label_score(evidence: LabelEvidence, ndim: int = 2) -> float:
     """Estimated probability that the label's Dice is at least 0.5."""
-    return logistic(evidence, LABEL_MODEL)
+    return logistic(evidence, label_model(ndim))
 
 
-def landmark_confidence(evidence: LandmarkEvidence) -> float:
+def landmark_confidence(evidence: LandmarkEvidence, ndim: int = 2) -> float:
     """Estimated probability that the landmark lies within 2 % of the image diagonal of the truth."""
-    return logistic(evidence, LANDMARK_MODEL)
+    return logistic(evidence, landmark_model(ndim))
+
+
+# What a person is told when a result is flagged: the measurement that pulled its score down most.
+LABEL_REASONS = {
+    "agreement": "the target's edges disagree with the template's",
+    "local": "the edges around this structure disagree with the template's",
+    "present": "part of the structure lies outside the target's field of view",
+    "margin": "another placement of the template verifies about as well (placement ambiguous)",
+    "stability": "placement disagrees between the candidate registrations",
+    "appearance": "the region's contrast is unlike the template structure's",
+    "sharpness": "edges agree about as well off place as in place (the structure may be absent)",
+    "local_sharpness": "around this structure, edges agree about as well off place (it may be absent)",
+    "relative_size": "a small structure, hard to place",
+}
+LANDMARK_REASONS = {
+    "agreement": "the target's edges disagree with the template's",
+    "local": "the edges around this landmark disagree with the template's",
+    "present": "the landmark's surroundings lie partly outside the target's field of view",
+    "margin": "another placement of the template verifies about as well (placement ambiguous)",
+    "peak": "no distinctive match near it (a flat or repetitive region): its position is uncertain",
+    "mutual": "matching back from the target does not land on the template's point",
+    "moved": "re-matching moved it far from where the registration put it",
+    "sharpness": "edges agree about as well off place as in place (the anatomy may be absent)",
+    "local_sharpness": "its surroundings agree about as well a little to the side (position ambiguous)",
+}
+
+
+def weakest(evidence, model: dict, phrases: dict[str, str]) -> str:
+    """The phrase for the model term that lowers the probability most (the most negative contribution)."""
+    x = features(evidence)
+    terms = {k: model["coef"][k] * (x[k] - model["mean"][k]) / model["sd"][k] for k in model["coef"]}
+    return phrases[min(terms, key=terms.get)]
+
+
+def mask_score(evidence: LabelEvidence | None, own: float | None, nonempty: bool,
+               ndim: int = 2) -> tuple[float, str]:
+    """A label's score and, below :data:`LOW`, the reason a person understands.
+
+    The calibrated probability that the placement is right, from evidence about the returned mask,
+    times the segmenter's own estimate where it has one (SAM's predicted IoU, the random walker's
+    decisiveness): the mask is right only where both are. A label with no template mask (prompt
+    points only) has the segmenter's estimate alone; an empty mask scores 0.
+    """
+    if not nonempty:
+        return 0.0, "the segmenter returned an empty mask"
+    p = 1.0 if evidence is None else label_score(evidence, ndim)
+    if own is not None:
+        p *= float(own)
+    if p >= LOW:
+        return p, ""
+    if evidence is not None and evidence.size_ratio < 0.5:
+        return p, "the region is much smaller than the template's"
+    if evidence is not None and evidence.size_ratio > 2.0:
+        return p, "the region is much larger than the template's"
+    if own is not None and (evidence is None or own < 0.5):
+        return p, f"the segmenter's own estimate is low ({own:.2f})"
+    return p, weakest(evidence, label_model(ndim), LABEL_REASONS)
+
+
+def point_score(evidence: LandmarkEvidence, ndim: int = 2) -> tuple[float, str]:
+    """A landmark's confidence and, below :data:`LOW`, the reason a person understands."""
+    p = landmark_confidence(evidence, ndim)
+    return p, "" if p >= LOW else weakest(evidence, landmark_model(ndim), LANDMARK_REASONS)
 
 
 def fit_logistic(X: np.ndarray, y: np.ndarray, weight: np.ndarray | None = None, l2: float = 1.0,

@@ -20,7 +20,7 @@ from ..data.template import Template
 from ..features import Backbone, get_backbone
 from ..segment import Segmenter, check_segmenter, get_segmenter
 from .fusion import FUSIONS, fuse_label_maps, fuse_scores, geometric_median, local_agreement, on_image, relative_weights
-from .result import LandmarkResult, TargetResult
+from .result import LandmarkResult, TargetResult, score_status
 
 
 class Ensemble:
@@ -149,6 +149,9 @@ def fuse_results(image: Image, results: list[TargetResult], names: list[str],
         fused.label_map = fuse_label_maps(maps, weights, local)
         fused.scores = {lab: fuse_scores([r.scores.get(lab, np.nan) for r in results], per_label[lab])
                         for lab in labels}
+        fused.reasons = {lab: "" if score_status(fused.scores[lab]) == "ok" else
+                         _heaviest_reason([r.reasons.get(lab, "") for r in results], per_label[lab])
+                         for lab in labels}
         overall += [np.mean(list(w.values())) if w else 0.0 for w in weights]
     if any(r.landmarks for r in results):
         fused.landmarks = _fuse_landmarks(image, results)
@@ -169,6 +172,14 @@ def _fuse_landmarks(image: Image, results: list[TargetResult]) -> list[LandmarkR
         weights = relative * np.where(np.isfinite(conf), np.maximum(conf, 1e-3), 1.0)
         point = geometric_median(np.array([lm.point for lm in found]), weights)
         mutual = float(np.sum(weights * [lm.mutual for lm in found])) >= 0.5 * float(weights.sum())
-        out.append(LandmarkResult(name, point, image.index_to_world(point[None])[0], fuse_scores(conf, relative),
-                                  mutual))
+        score = fuse_scores(conf, relative)
+        reason = "" if not np.isfinite(score) or score_status(score) == "ok" else \
+            _heaviest_reason([lm.reason for lm in found], relative)
+        out.append(LandmarkResult(name, point, image.index_to_world(point[None])[0], score, mutual, reason))
     return out
+
+
+def _heaviest_reason(reasons: list[str], weights: np.ndarray) -> str:
+    """A fused low score's reason: that of the template which counted most, else a general one."""
+    best = reasons[int(np.argmax(weights))] if len(reasons) else ""
+    return best or "every template's result is uncertain"

@@ -47,18 +47,26 @@ def _placed(verifier: Verifier, corr: Correspondence) -> np.ndarray:
     return grid_coords(corr.matrix @ np.linalg.inv(verifier.to_level), verifier.shape)
 
 
-def _local(verifier: Verifier, target: np.ndarray, corr: Correspondence):
-    """A local verifier's view of the final correspondence."""
-    return verifier.score_coords(target, _placed(verifier, corr))
+def _local(verifier: Verifier, target: np.ndarray, corr: Correspondence, moved: np.ndarray | None = None):
+    """A local verifier's view of the final correspondence (its placement moved by ``moved`` target pixels)."""
+    return verifier.score_coords(target, _moved(_placed(verifier, corr), moved))
 
 
-def _sharpness(verifier: Verifier, target: np.ndarray, corr: Correspondence, shift: float) -> float:
+def _moved(at: np.ndarray, moved: np.ndarray | None) -> np.ndarray:
+    """Placement coordinates ``(ndim, ...)`` translated by ``moved`` ``(ndim,)`` (None: as they are)."""
+    if moved is None:
+        return at
+    return at + np.asarray(moved, float).reshape((at.shape[0],) + (1,) * (at.ndim - 1))
+
+
+def _sharpness(verifier: Verifier, target: np.ndarray, corr: Correspondence, shift: float,
+               moved: np.ndarray | None = None) -> float:
     """Agreement in place minus its mean ``shift`` pixels away (both ways along each axis).
 
     A structure that is really there agrees much better in place than next to it; in an image where it
     is absent, or where nothing but noise drives the match, agreement is about as good anywhere.
     """
-    at = _placed(verifier, corr)
+    at = _moved(_placed(verifier, corr), moved)
     d = at.shape[0]
     here = verifier.score_coords(target, at).agreement
     around = [verifier.score_coords(target, at + (sign * shift * np.eye(d)[axis]).reshape((d,) + (1,) * d)).agreement
@@ -114,32 +122,51 @@ class Evidence:
             disc = ((grid - p.reshape((d,) + (1,) * d)) ** 2).sum(0) <= (0.05 * self.diag) ** 2
             self.landmarks.append((Verifier(image, disc * weight, side, sigma, eps), p))
 
-    def for_labels(self, target: np.ndarray, corr: Correspondence) -> dict[int, LabelEvidence]:
-        """Evidence per label of the template's mask."""
+    def for_labels(self, target: np.ndarray, corr: Correspondence,
+                   final: dict[int, np.ndarray] | None = None) -> dict[int, LabelEvidence]:
+        """Evidence per label of the template's mask.
+
+        ``final`` holds each label's region as the segmenter returned it, on the target's working grid
+        (default: the region the correspondence carries): the score is about what the user gets.
+        """
         v = corr.verification or corr.chosen.verification
         scale = _scale(corr.matrix)
         sharpness = _sharpness(self.verifier, target, corr, 0.25 * self.roi_radius * scale)
         out = {}
         for label, (verifier, center, radius, share) in self.labels.items():
             region = self.regions[label].astype(np.float32)
-            carried = ndimage.map_coordinates(region, corr.backward, order=1) > 0.5
-            stability = float(np.mean([dice(carried, ndimage.map_coordinates(region, f, order=1) > 0.5)
+            carried = _above_half(ndimage.map_coordinates(region, corr.backward, order=1))
+            result = carried if final is None else final.get(label, np.zeros_like(carried))
+            stability = float(np.mean([dice(result, _above_half(ndimage.map_coordinates(region, f, order=1)))
                                        for f in corr.alternatives])) if corr.alternatives else 1.0
-            ring = (ndimage.distance_transform_edt(~carried) <= max(2.0, 0.5 * radius)) & ~carried
-            difference = abs(_contrast(target, carried, ring) - self.contrast[label])
+            ring = (ndimage.distance_transform_edt(~result) <= max(2.0, 0.5 * radius)) & ~result
+            difference = abs(_contrast(target, result, ring) - self.contrast[label])
             out[label] = LabelEvidence(v.agreement, _local(verifier, target, corr).agreement, v.present,
                                        _margin(corr, center, radius), stability,
                                        float(np.exp(-difference / 0.1)), sharpness,
-                                       _sharpness(verifier, target, corr, max(2.0, radius * scale)), share)
+                                       _sharpness(verifier, target, corr, max(2.0, radius * scale)), share,
+                                       float(result.sum()) / max(1.0, float(carried.sum())),
+                                       dice(result, carried) if result.any() or carried.any() else 0.0)
         return out
 
     def for_landmarks(self, target: np.ndarray, corr: Correspondence, peak: np.ndarray, mutual: np.ndarray,
-                      moved: np.ndarray) -> list[LandmarkEvidence]:
-        """Evidence per landmark; ``moved`` is the re-matching shift as a fraction of the search radius."""
+                      moved: np.ndarray, shifts: np.ndarray | None = None) -> list[LandmarkEvidence]:
+        """Evidence per landmark at its final position.
+
+        ``moved`` is the re-matching shift as a fraction of the search radius; ``shifts`` ``(N, ndim)``
+        how far (target working pixels) each written point lies from where the correspondence put it.
+        """
         v = corr.verification or corr.chosen.verification
         scale = _scale(corr.matrix)
         sharpness = _sharpness(self.verifier, target, corr, 0.25 * self.roi_radius * scale)
-        return [LandmarkEvidence(v.agreement, _local(verifier, target, corr).agreement, v.present,
+        shifts = np.zeros((len(self.landmarks), target.ndim)) if shifts is None else shifts
+        return [LandmarkEvidence(v.agreement, _local(verifier, target, corr, sh).agreement, v.present,
                                  _margin(corr, p, 0.02 * self.diag), float(pk), float(mu), float(mv), sharpness,
-                                 _sharpness(verifier, target, corr, 0.02 * self.diag * scale))
-                for (verifier, p), pk, mu, mv in zip(self.landmarks, peak, mutual, moved)]
+                                 _sharpness(verifier, target, corr, 0.02 * self.diag * scale, sh))
+                for (verifier, p), pk, mu, mv, sh in zip(self.landmarks, peak, mutual, moved, shifts)]
+
+
+def _above_half(values: np.ndarray) -> np.ndarray:
+    """Where an interpolated indicator exceeds one half (or half its peak, for a region thinner than a pixel)."""
+    top = float(values.max()) if values.size else 0.0
+    return values > 0.5 if top > 0.5 or top <= 0.0 else values >= 0.5 * top

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..core.geometry import resize_image, scale_matrix
+from ..core.geometry import sample_grid, scale_matrix
 
 
 @dataclass
@@ -41,14 +41,9 @@ class WorkGrid:
     def from_work(self) -> np.ndarray:
         return np.linalg.inv(self.to_work)
 
-    @property
-    def box(self) -> tuple[slice, ...]:
-        size = np.round(np.array(self.shape) / self.factor).astype(int)
-        return tuple(slice(int(o), int(o + n)) for o, n in zip(self.origin, size))
-
-    def resample(self, array: np.ndarray) -> np.ndarray:
-        """``array`` (on the image's grid) on this grid."""
-        return resize_image(array, self.shape, self.box)
+    def resample(self, array: np.ndarray, transform=None) -> np.ndarray:
+        """``array`` (on the image's grid) on this grid; ``transform`` is applied to the part read first."""
+        return sample_grid(array, self.shape, self.factor, self.origin, transform)
 
 
 def planar_grid(shape: tuple[int, ...], min_side: int, max_side: int) -> WorkGrid:
@@ -60,10 +55,18 @@ def planar_grid(shape: tuple[int, ...], min_side: int, max_side: int) -> WorkGri
 
 
 def spaced_grid(spacing: np.ndarray, work_spacing: float, lo: np.ndarray, hi: np.ndarray) -> WorkGrid:
-    """A grid of ``work_spacing`` mm voxels over the box ``[lo, hi)`` of a volume with voxel size ``spacing``."""
-    size = np.asarray(hi) - np.asarray(lo)
-    work = tuple(max(4, int(round(n * s / work_spacing))) for n, s in zip(size, spacing))
-    return WorkGrid(work, np.asarray(lo, float), np.array(work, float) / size)
+    """A grid of ``work_spacing`` mm voxels covering the box ``[lo, hi)`` of a volume with voxel size ``spacing``.
+
+    Every grid of one volume at one spacing is a part of one lattice (the whole volume's grid at that
+    spacing), whatever its box: two boxes of the same volume sample it at the same points where they
+    overlap, so a volume matched with itself, or with a copy shifted by whole working voxels, sees the
+    same samples and finds the motion exactly.
+    """
+    f = np.asarray(spacing, float) / float(work_spacing)
+    first = np.floor(np.asarray(lo, float) * f + 1e-6)
+    last = np.ceil(np.asarray(hi, float) * f - 1e-6)
+    work = tuple(int(max(4, b - a)) for a, b in zip(first, last))
+    return WorkGrid(work, first / f, f)
 
 
 @dataclass

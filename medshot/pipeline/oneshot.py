@@ -15,10 +15,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 
 from ..core.errors import MedshotError
-from ..core.geometry import apply_affine, grid_coords
+from ..core.geometry import apply_affine
 from ..core.intensity import apply_range, check_window, intensity_range
 from ..data.image import Image, from_array
 from ..data.read import read_image
@@ -28,8 +27,8 @@ from ..match.correspond import Candidate, Correspondence, CorrespondOptions, Tem
 from ..match.points import match_points
 from ..match.verify import Verification
 from ..segment import Prompt, Segmenter, box_from_points, check_segmenter, get_segmenter
-from .carry import carry_labels, carry_points, points_where
-from .confidence import label_score, landmark_confidence
+from .carry import carry_labels, carry_points, labels_on_grid, points_where
+from .confidence import mask_score, point_score
 from .describe import Descriptors
 from .evidence import Evidence
 from .grids import VolumeStages, WorkGrid, capped_spacing, mapped_box, planar_grid, spaced_grid
@@ -196,9 +195,7 @@ class OneShot:
         labels = {}
         mask = self.template.mask
         if mask is not None:
-            # the labels on the working grid (nearest label per working pixel)
-            on_grid = ndimage.map_coordinates(mask, grid_coords(grid.from_work, grid.shape), order=0, mode="nearest")
-            labels = {k: on_grid == k for k in self._mask_labels()}
+            labels = labels_on_grid(mask, self._mask_labels(), grid)
         evidence = Evidence(work, side.informative, labels, apply_affine(grid.to_work, self.template.landmark_points),
                             side.verifier, side.bank.radius, self.options.verify_side, self.options.verify_sigma,
                             self.options.verify_eps)
@@ -224,10 +221,13 @@ class OneShot:
 
     def prepare(self, image: Image, grid: WorkGrid, value_range: tuple[float, float]) -> Prepared:
         """A target (or a box of it) on a working grid, described like the template."""
-        normalized = apply_range(image.array if self.ndim == 2 else image.array[grid.box], value_range)
-        local = grid if self.ndim == 2 else WorkGrid(grid.shape, np.zeros(3), grid.factor)
-        work = local.resample(normalized)
-        fmap, features = self.describe.prepare(work, normalized if self.ndim == 2 else None)
+        if self.ndim == 2:
+            normalized = apply_range(image.array, value_range)
+            work = grid.resample(normalized)
+        else:  # only the part of a volume the grid covers is read and normalised
+            normalized = None
+            work = grid.resample(image.array, lambda part: apply_range(part, value_range))
+        fmap, features = self.describe.prepare(work, normalized)
         return Prepared(image, grid, work, fmap, features)
 
     def correspond(self, target) -> tuple[Stage, Prepared, Correspondence]:
@@ -299,7 +299,7 @@ class OneShot:
             result.landmarks, evidence = self._landmarks(stage, prepared, corr, refine)
             result.evidence.update(evidence)
         if masks and (self.template.prompts or self.template.mask is not None):
-            result.label_map, result.scores, evidence = self._masks(stage, prepared, corr, refine)
+            result.label_map, result.scores, result.reasons, evidence = self._masks(stage, prepared, corr, refine)
             result.evidence.update(evidence)
         return result
 
@@ -325,10 +325,11 @@ class OneShot:
             peak, mutual = m.confidence, m.mutual
             moved = np.linalg.norm(m.points - carried, axis=1) / (self.search_radius * diag)
             found = m.points if self.refine_landmarks else carried
-            evidence = stage.evidence.for_landmarks(prepared.work, corr, peak, mutual, moved)
-            conf = [landmark_confidence(e) for e in evidence]
+            evidence = stage.evidence.for_landmarks(prepared.work, corr, peak, mutual, moved, found - carried)
+            conf, why = zip(*[point_score(e, self.ndim) for e in evidence]) if evidence else ((), ())
         else:
             found, conf, mutual = carried, np.full(len(carried), np.nan), np.ones(len(carried), bool)
+            why = [""] * len(carried)
         points = apply_affine(prepared.grid.from_work, found)
         if refine and self.refine_landmarks and self._fine is not None:
             step = max(prepared.image.shape) / max(prepared.work.shape)
@@ -338,12 +339,12 @@ class OneShot:
                 points = self._fine.refine(normalized, points)
         world = prepared.image.index_to_world(points)
         names = [lm.name for lm in self.template.landmarks]
-        found_landmarks = [LandmarkResult(n, p, w, float(c), bool(mu))
-                           for n, p, w, c, mu in zip(names, points, world, conf, mutual)]
+        found_landmarks = [LandmarkResult(n, p, w, float(c), bool(mu), r)
+                           for n, p, w, c, mu, r in zip(names, points, world, conf, mutual, why)]
         return found_landmarks, dict(zip(names, evidence))
 
     def _masks(self, stage: Stage, prepared: Prepared, corr: Correspondence,
-               refine: bool) -> tuple[np.ndarray, dict[int, float], dict]:
+               refine: bool) -> tuple[np.ndarray, dict[int, float], dict[int, str], dict]:
         image = prepared.image
         template_mask = self.template.mask
         labels = [p.label for p in self.template.prompts] or self._mask_labels()
@@ -354,7 +355,7 @@ class OneShot:
                                    prepared.grid, image.shape, None if self.ndim == 2 else self.max_carry_voxels,
                                    dtype)
         if not refine:
-            return (np.zeros(image.shape, dtype) if carried is None else carried), {}, {}
+            return (np.zeros(image.shape, dtype) if carried is None else carried), {}, {}, {}
         prompts = []
         for label in labels:
             pts = next((p for p in self.template.prompts if p.label == label), None)
@@ -372,10 +373,14 @@ class OneShot:
         label_map = np.zeros(image.shape, dtype)
         for s in segs:
             label_map[s.mask] = s.label
-        evidence = stage.evidence.for_labels(prepared.work, corr)
-        # A label the template has no mask for (prompts only) keeps the segmenter's own score.
-        scores = {s.label: label_score(evidence[s.label]) if s.label in evidence else float(s.score) for s in segs}
-        return label_map, scores, evidence
+        # Scores judge what the user gets: the segmenter's masks, brought to the working grid.
+        final = labels_on_grid(label_map, [s.label for s in segs], prepared.grid)
+        evidence = stage.evidence.for_labels(prepared.work, corr, final)
+        scores, reasons = {}, {}
+        for s in segs:
+            scores[s.label], reasons[s.label] = mask_score(evidence.get(s.label), s.score, bool(s.mask.any()),
+                                                          self.ndim)
+        return label_map, scores, reasons, evidence
 
     def baseline_correspondence(self, target, register) -> tuple[Stage, Prepared, Correspondence]:
         """A correspondence from ``register(template_work, target_work) -> (backward, matrix)`` (a baseline),

@@ -34,6 +34,8 @@ class LandmarkResult:
         not estimated, e.g. for a baseline).
     mutual : bool
         Whether matching back from the target lands on the template point.
+    reason : str
+        Why the confidence is low, in words (empty when it is not).
     """
 
     name: str
@@ -41,6 +43,7 @@ class LandmarkResult:
     world: np.ndarray
     confidence: float
     mutual: bool = True
+    reason: str = ""
 
 
 @dataclass
@@ -51,6 +54,7 @@ class TargetResult:
     landmarks: list[LandmarkResult] = field(default_factory=list)
     label_map: np.ndarray | None = None  # on the image's grid, the template's labels
     scores: dict[int, float] = field(default_factory=dict)  # label -> estimated P(Dice >= 0.5)
+    reasons: dict[int, str] = field(default_factory=dict)  # label -> why its score is low, in words ("" if not)
     seconds: float = 0.0
     correspondence_score: float = 0.0
     correspondence: str = ""  # which candidate correspondence was chosen

@@ -36,11 +36,16 @@ class Prompt:
 
 @dataclass
 class Segmentation:
-    """One label's result: ``mask`` (the image's shape, bool) at the target's resolution and a score in [0, 1]."""
+    """One label's result: ``mask`` (the image's shape, bool) at the target's resolution.
+
+    ``score`` is the segmenter's own estimate in [0, 1] that the mask is right (SAM's predicted IoU, the
+    random walker's decisiveness, halved where it fell back to the carried mask), or None where it has
+    none (the carried mask is exactly what the correspondence gave): the pipeline's score multiplies it.
+    """
 
     label: int
     mask: np.ndarray
-    score: float
+    score: float | None
 
 
 class Segmenter(Protocol):

@@ -42,7 +42,7 @@ class ClassicalSegmenter:
     def segment(self, image: np.ndarray, prompts: list[Prompt]) -> list[Segmentation]:
         carried = [p for p in prompts if p.mask is not None and np.any(p.mask)]
         grown = {s.label: s for s in self.walker.segment(image, [p for p in prompts if p not in carried])}
-        return [Segmentation(p.label, np.asarray(p.mask, bool), 1.0) if p in carried else grown[p.label]
+        return [Segmentation(p.label, np.asarray(p.mask, bool), None) if p in carried else grown[p.label]
                 for p in prompts]
 
 
