@@ -100,6 +100,8 @@ def task_rows(task: str, out: Path) -> list[dict]:
     """One table line per method of a finished task report."""
     rows = _read(out / "cases.csv")
     timing = {r["method"]: r for r in _read(out / "timing.csv")}
+    # every case of a method, failed ones included (timing.csv times only those that finished)
+    cases = {r["method"]: r for r in _read(out / "methods.csv") if r["status"] == "run"}
     bspline = float(timing["bspline"]["seconds_mean"]) if "bspline" in timing else None
     per_target = target_dice(rows)
     ned: dict[tuple[str, str, str], list[float]] = defaultdict(list)
@@ -109,7 +111,9 @@ def task_rows(task: str, out: Path) -> list[dict]:
     lines = []
     for method, t in timing.items():
         seconds = float(t["seconds_mean"])
-        line = {"task": task, "method": method, "pairs": t["cases"], "dice": "", "spread": "", "auc": "",
+        ran = cases.get(method, {"cases": t["cases"], "failed": "0"})
+        pairs = ran["cases"] + (f" ({ran['failed']} failed)" if ran["failed"] not in ("", "0") else "")
+        line = {"task": task, "method": method, "pairs": pairs, "dice": "", "spread": "", "auc": "",
                 "ned": "", "ned_spread": "", "seconds": f"{seconds:.3f}",
                 "ratio": f"{bspline / seconds:.2f}" if bspline and seconds > 0 else ""}
         values = [v for (m, _, _), v in per_target.items() if m == method]

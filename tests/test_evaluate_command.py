@@ -320,3 +320,86 @@ def test_resuming_with_other_settings_is_refused(capsys, dataset, reference, tmp
 
 def test_unknown_baseline_is_an_error(capsys, dataset, tmp_path):
     assert "baseline" in _fails_cleanly(capsys, tmp_path / "out", "--data", dataset, "--baselines", "elastix")
+
+
+# -- failed cases are rows, scored as failures; the version keys the resume (issue 21) ---------------
+
+
+def _fail_baselines_on_c(patch) -> None:
+    """Make the baselines raise on target c (a case that errors); medshot runs as usual."""
+    from medshot.evaluation import runner as runner_module
+
+    real = runner_module.run_baseline
+
+    def flaky(shot, image, baseline, *args):
+        if Path(image).stem == "c":
+            raise RuntimeError("registration diverged")
+        return real(shot, image, baseline, *args)
+
+    patch.setattr(runner_module, "run_baseline", flaky)
+
+
+@pytest.fixture()
+def identity_fails_on_c(monkeypatch):
+    _fail_baselines_on_c(monkeypatch)
+
+
+def test_a_failed_case_is_a_row_scored_zero_and_exits_1(dataset, tmp_path, capsys, identity_fails_on_c):
+    out = tmp_path / "failing"
+    assert evaluate("--data", dataset, "--out", out, "--baselines", "identity") == 1
+    err = capsys.readouterr().err
+    assert "1 case(s) failed" in err and "identity 1" in err
+    rows = read_rows(out / "cases.csv")
+    failed = [r for r in rows if r["status"] == "failed"]
+    # both labels and both landmarks of a -> c, none dropped
+    assert {(r["method"], r["target"], r["kind"], r["item"]) for r in failed} == {
+        ("identity", "c", kind, item) for kind, item in (("label", "1"), ("label", "2"), ("landmark", "p"),
+                                                         ("landmark", "q"))}
+    assert all("registration diverged" in r["reason"] for r in failed)
+    assert all(float(r["dice"]) == 0.0 for r in failed if r["kind"] == "label")
+    assert all(float(r["ned"]) == 1.0 for r in failed if r["kind"] == "landmark")
+    assert {r["status"] for r in rows if r not in failed} == {"ok"}
+    # the mean counts the failure: identity's Dice is (b's two labels + two zeros) / 4
+    summary = {(r["metric"], r["item"], r["method"]): r for r in read_rows(out / "summary.csv")}
+    dice = summary[("dice", "all", "identity")]
+    assert int(dice["n"]) == 4 and int(dice["n_failed"]) == 2
+    expected = (_shifted_rect_dice(RECT1, *SHIFT) + _shifted_rect_dice(RECT2, *SHIFT)) / 4
+    assert float(dice["mean"]) == pytest.approx(expected, rel=1e-5)
+    assert int(summary[("dice", "all", "medshot:classical/classical")]["n_failed"]) == 0
+    methods = {r["method"]: r for r in read_rows(out / "methods.csv")}
+    assert (methods["identity"]["cases"], methods["identity"]["failed"]) == ("2", "1")
+    assert (methods["medshot:classical/classical"]["cases"], methods["medshot:classical/classical"]["failed"]) \
+        == ("2", "0")
+    page = (out / "report.html").read_text()
+    assert "registration diverged" in page
+
+
+def test_a_rerun_retries_failed_cases(dataset, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "retry"
+    with monkeypatch.context() as m:
+        _fail_baselines_on_c(m)
+        assert evaluate("--data", dataset, "--out", out, "--backbones", "none", "--baselines", "identity") == 1
+    assert evaluate("--data", dataset, "--out", out, "--backbones", "none", "--baselines", "identity") == 0
+    rows = read_rows(out / "cases.csv")
+    assert {r["status"] for r in rows} == {"ok"} and len(rows) == 2 * (2 + 2)
+    assert float(next(r for r in rows if r["target"] == "c" and r["item"] == "1")["dice"]) == 1.0
+
+
+def test_resume_recomputes_cases_of_another_medshot_version(dataset, reference, tmp_path, capsys):
+    out = tmp_path / "older"
+    shutil.copytree(reference, out)
+    blocks = case_blocks(out / "cases.csv")
+    # the same run, as if made by another medshot version, with a telltale number in its first case
+    run = json.loads((out / "run.json").read_text())
+    run["medshot_version"] = "0.0.1"
+    (out / "run.json").write_text(json.dumps(run))
+    header = (out / "cases.csv").read_text().splitlines(keepends=True)[0]
+    fake = blocks[0][0].split(",")
+    fake[header.split(",").index("dice")] = "0.123"
+    (out / "cases.csv").write_text(header + ",".join(fake) + "".join(blocks[0][1:])
+                                   + "".join(line for b in blocks[1:] for line in b))
+    assert evaluate("--data", dataset, "--out", out, *REFERENCE_ARGS) == 0
+    assert "0.0.1" in capsys.readouterr().err
+    assert "0.123" not in (out / "cases.csv").read_text()
+    assert json.loads((out / "run.json").read_text())["medshot_version"] != "0.0.1"
+    assert (out / "summary.csv").read_bytes() == (reference / "summary.csv").read_bytes()

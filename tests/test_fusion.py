@@ -174,6 +174,24 @@ def test_select_picks_the_real_backbone_and_writes_it(three, noise_backbone, tmp
     assert settings["backbone"] == "noise"
 
 
+@pytest.mark.parametrize("backbones", ["classical", "classical,classical", "classical,no_such_backbone"])
+def test_select_with_one_candidate_writes_no_method(three, tmp_path, capsys, backbones):
+    # nothing was compared: a "method" in the templates would pin later runs to an unchosen method
+    folder, _ = three
+    copies = []
+    for n in ("a", "b"):
+        spec = json.loads((folder / f"{n}.json").read_text())
+        spec["image"], spec["mask"] = str(folder / spec["image"]), str(folder / spec["mask"])
+        (tmp_path / f"{n}.json").write_text(json.dumps(spec))
+        copies.append(tmp_path / f"{n}.json")
+    before = [c.read_bytes() for c in copies]
+    assert main(["select", *[x for c in copies for x in ("--template", str(c))], "--backbones", backbones]) == 0
+    captured = capsys.readouterr()
+    assert "nothing to choose" in captured.err and "classical/classical" in captured.out
+    assert "chosen:" not in captured.out
+    assert [c.read_bytes() for c in copies] == before
+
+
 def test_select_needs_two_templates(three, capsys):
     folder, _ = three
     assert main(["select", "--template", str(folder / "a.json"), "--no-write"]) == 2

@@ -6,7 +6,14 @@ import argparse
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("evaluate", help="score methods and baselines on a labelled dataset (tables, plots, report)")
+    p = sub.add_parser(
+        "evaluate", help="score methods and baselines on a labelled dataset (tables, plots, report)",
+        description="Run every template x target x method of a labelled dataset and write cases.csv, summary.csv "
+                    "and report.html. A rerun into the same --out resumes: finished cases of the same medshot "
+                    "version are kept; failed ones and those of another version are run again.",
+        epilog="exit status: 0 every case ran; 1 at least one case failed (it is a row of cases.csv with status "
+               "failed and its reason, scored as a failure: Dice 0, NED 1; the report is written); 2 bad input, "
+               "nothing run; 130 interrupted (finished cases kept: run the same command to resume)")
     p.add_argument("--data", required=True,
                    help="dataset folder (images/ + masks/ and/or landmarks.csv; 2D images or 3D volumes) or manifest "
                         ".csv/.json")

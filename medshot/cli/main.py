@@ -11,38 +11,50 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .. import __version__
 from ..core.errors import MedshotError
-from . import annotate, backbones, demo, evaluate, run, select, template
+
+# Each command module by name, not ``from . import run``: that form imports this package's
+# ``__init__`` (which imports this module) and makes an import cycle.
+from .annotate import COMMANDS as ANNOTATE
+from .annotate import add_parser as add_annotate
+from .backbones import COMMANDS as BACKBONES
+from .backbones import add_parser as add_backbones
+from .demo import COMMANDS as DEMO
+from .demo import add_parser as add_demo
+from .evaluate import COMMANDS as EVALUATE
+from .evaluate import add_parser as add_evaluate
+from .run import COMMANDS as RUN
+from .run import add_parser as add_run
+from .select import COMMANDS as SELECT
+from .select import add_parser as add_select
+from .template import COMMANDS as TEMPLATE
+from .template import add_parser as add_template
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 
-# Sub-commands in the order of ``medshot --help``; each module adds its parser(s) and runs its command(s).
-GROUPS = (template, run, select, demo, backbones, annotate, evaluate)
-
-
-def version() -> str:
-    from .. import __version__
-
-    return __version__
+# Sub-commands in the order of ``medshot --help``: (add the group's parser(s), name -> function).
+GROUPS = ((add_template, TEMPLATE), (add_run, RUN), (add_select, SELECT), (add_demo, DEMO),
+          (add_backbones, BACKBONES), (add_annotate, ANNOTATE), (add_evaluate, EVALUATE))
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medshot", description=(
         "One-shot localization and segmentation of medical images and volumes: annotate one template, "
         "find the same landmarks and structures in new images."))
-    parser.add_argument("--version", action="version", version=f"medshot {version()}")
+    parser.add_argument("--version", action="version", version=f"medshot {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for group in GROUPS:
-        group.add_parser(sub)
+    for add_group, _ in GROUPS:
+        add_group(sub)
     return parser
 
 
 def commands() -> dict:
     """Sub-command name -> its function ``(args) -> exit status``."""
     table: dict = {}
-    for group in GROUPS:
-        table.update(group.COMMANDS)
+    for _, group in GROUPS:
+        table.update(group)
     return table
 
 

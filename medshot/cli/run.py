@@ -211,13 +211,13 @@ def make_shot(args: argparse.Namespace):
 
 def batch_settings(args: argparse.Namespace, templates: list) -> dict:
     """Everything that decides a batch's results, for the run record (``--resume`` compares it)."""
-    from .main import version
+    from .. import __version__
     from .outdir import file_digest
 
     keys = ("backbone", "weights", "layer", "facet", "stride", "log_bin", "segmenter", "segmenter_weights",
             "work_size", "window", "work_spacing", "top_k", "fusion")
     settings = {k: getattr(args, k, None) for k in keys}
-    settings.update(command=args.command, medshot=version())
+    settings.update(command=args.command, medshot=__version__)
     for i, (path, t) in enumerate(zip(args.template, templates)):
         suffix = f"_{i + 1}" if i else ""  # one template keeps the record's earlier keys
         settings.update({f"template{suffix}": str(Path(path).resolve()),

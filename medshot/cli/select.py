@@ -5,13 +5,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 
 from ..core.errors import MedshotError
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("select", help="choose backbone and segmenter by leave-one-template-out on your templates")
+    p = sub.add_parser("select", help="choose backbone and segmenter by leave-one-template-out on your templates",
+                       description="Score every backbone x segmenter candidate leave-one-template-out and write "
+                                   "the best into the templates' \"method\". With one candidate (or only one "
+                                   "that can run) nothing is chosen and nothing is written.")
     p.add_argument("--template", required=True, action="append",
                    help="template JSON; give two or more (each is the others' target in turn)")
     p.add_argument("--backbones", default="classical",
@@ -47,18 +51,24 @@ def _write_method(path: Path, method: dict) -> None:
 def cmd_select(args: argparse.Namespace) -> int:
     from ..data.template import Template
     from ..evaluation.plan import parse_list
-    from ..evaluation.select import parse_candidates, select_method
+    from ..evaluation.select import made_a_choice, parse_candidates, select_method
 
     paths = [Path(p) for p in args.template]
     templates = [Template.load(p) for p in paths]
-    if not args.no_write:
+    candidates = parse_candidates(parse_list(args.backbones), parse_list(args.segmenters))
+    if not args.no_write and len(candidates) > 1:  # one candidate is never written (see below)
         for p in paths:  # before hours of work, not after
             if not os.access(p, os.W_OK):
                 raise MedshotError("cannot write the choice into this template (no write permission; "
                                    "use --no-write)", p)
-    candidates = parse_candidates(parse_list(args.backbones), parse_list(args.segmenters))
     print(f"{'method':<40} {'pairs':>5} {'mean Dice':>9} {'median NED':>10} {'s/target':>9}", flush=True)
-    best, _ = select_method(templates, candidates, args.weights, progress=lambda c: print(_row(c), flush=True))
+    best, choices = select_method(templates, candidates, args.weights, progress=lambda c: print(_row(c), flush=True))
+    if not made_a_choice(choices):
+        # Writing it would pin every later run to a method nobody compared with another.
+        why = "one candidate" if len(candidates) == 1 else "only one candidate could run"
+        print(f"nothing to choose: {why} ({best.name}); no method written into the templates "
+              "(give two or more --backbones or --segmenters to compare)", file=sys.stderr)
+        return 0
     print(f"chosen: {best.name}")
     if args.no_write:
         return 0

@@ -4,6 +4,10 @@ Every output goes to a temporary ``.NAME.XXXXXXXX.part`` file beside its final n
 into place only when it is complete, so a reader never sees a half-written file. ``tempfile``
 creates those files with mode 0600; they are given ``0666 & ~umask`` before the rename, so outputs
 get the same permissions as any file the user creates (0644 with the usual umask 022).
+
+Every rename goes through :func:`replace_durably`: the temporary file's data reach the disk
+before the rename, and the folder's entry after it, so an output that was reported written
+survives a power loss (a rename alone may be replayed by the file system before the data it names).
 """
 
 from __future__ import annotations
@@ -74,13 +78,55 @@ def temporary_beside(final: Path) -> Path:
     return Path(tmp)
 
 
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)  # POSIX flushes a file's data through any descriptor of it
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Flush ``folder``'s entries; skipped where the platform refuses to open or sync a folder."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def replace_durably(pairs: Sequence[tuple[Path, Path]]) -> list[Path]:
+    """Rename each complete ``(temporary, final)`` file into place so that it survives a power loss.
+
+    Every atomic write in medshot ends here: each temporary file's data are flushed to disk first,
+    then all are renamed, then each folder holding one is flushed so that the renames are on disk.
+
+    Returns
+    -------
+    list of Path
+        The final paths, in order.
+    """
+    for tmp, _ in pairs:
+        _fsync_file(tmp)
+    for tmp, final in pairs:
+        os.replace(tmp, final)
+    for folder in dict.fromkeys(Path(final).parent for _, final in pairs):
+        _fsync_folder(folder)
+    return [Path(final) for _, final in pairs]
+
+
 def write_bytes_atomic(final: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``final`` through a temporary file and a rename."""
+    """Write ``data`` to ``final`` through a temporary file and a durable rename."""
     final = Path(final)
     tmp = temporary_beside(final)
     try:
         tmp.write_bytes(data)
-        os.replace(tmp, final)
+        replace_durably([(tmp, final)])
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
@@ -113,10 +159,7 @@ class OutputSet:
         return tmp
 
     def commit(self) -> list[Path]:
-        done = []
-        for tmp, final in self._pending:
-            os.replace(tmp, final)
-            done.append(final)
+        done = replace_durably(self._pending)
         self._pending.clear()
         return done
 
@@ -146,6 +189,12 @@ def write_text_atomic(path: str | Path, text: str) -> None:
         tmp.write_text(text)
 
 
+def write_csv_atomic(path: str | Path, header: Sequence[str], rows: Iterable[Sequence]) -> Path:
+    """:func:`write_csv`, atomically (a reader sees the old table or the new one, never half of it)."""
+    write_text_atomic(path, csv_text(header, rows))
+    return Path(path)
+
+
 def csv_text(header: Sequence[str], rows: Iterable[Sequence]) -> str:
     buf = _io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
@@ -156,6 +205,7 @@ def csv_text(header: Sequence[str], rows: Iterable[Sequence]) -> str:
 
 
 def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence]) -> None:
+    """Write a table to ``path`` as it is: for temporary paths (:class:`OutputSet`); else :func:`write_csv_atomic`."""
     Path(path).write_text(csv_text(header, rows))
 
 

@@ -20,15 +20,25 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..core.errors import MedshotError
+from .. import __version__
+from ..core.errors import MedshotError, one_line
 from ..data.write import atomic_path, write_text_atomic
 from .cases import Dataset
 from .dataset import discover_dataset
 from .memory import MemoryProbe
 from .plan import Method, Skipped, parse_list, plan_cases, resolve_methods, select_templates, split_cases
 from .runner import Runner, runner_for
-from .scoring import score_case
-from .store import append_case, case_key, case_lines, cases_header, read_cases, write_cases
+from .scoring import failure_rows, score_case
+from .store import (
+    append_case,
+    case_key,
+    case_lines,
+    cases_header,
+    failed_cases,
+    read_cases,
+    without_failed,
+    write_cases,
+)
 
 # Settings that change a case's numbers: a rerun into the same folder must use the same ones.
 RESULT_SETTINGS = ("data", "work_size", "window", "split")
@@ -70,6 +80,7 @@ class EvaluationResult:
     resumed: int
     failed: int
     files: list[Path]
+    failed_by_method: dict[str, int] = field(default_factory=dict)
 
 
 def run_evaluation(config: EvaluationConfig) -> EvaluationResult:
@@ -106,25 +117,31 @@ def run_evaluation(config: EvaluationConfig) -> EvaluationResult:
         for p in (cases_path, run_path):
             p.unlink(missing_ok=True)
         shutil.rmtree(predictions, ignore_errors=True)
-    elif run_path.exists():
-        _check_same_settings(run_path, settings)
-    rows = read_cases(cases_path, header)  # checks an earlier cases.csv before anything is written
+    # Cases of another medshot version are recomputed, as `medshot segment --resume` reruns its targets.
+    other_version = _earlier_version(run_path, settings) if run_path.exists() else None
+    # checks an earlier cases.csv before anything is written
+    rows = [] if other_version is not None else read_cases(cases_path, header)
 
     out.mkdir(parents=True, exist_ok=True)
+    if other_version is not None:
+        print(f"medshot: {out} holds cases of medshot {other_version or '(unknown version)'}, not {__version__}: "
+              "running them again", file=sys.stderr)
+        run_path.unlink()
     if not run_path.exists():
-        from .. import __version__
-
         write_text_atomic(run_path, json.dumps({**settings, "medshot_version": __version__}, indent=1) + "\n")
-    if not cases_path.exists() or cases_path.stat().st_size == 0:
-        write_cases(cases_path, [], header)
-    done = {case_key(r) for r in rows}
+    kept = without_failed(rows)  # failed cases are run again
+    if other_version is not None or len(kept) < len(rows) or not cases_path.exists() \
+            or cases_path.stat().st_size == 0:
+        write_cases(cases_path, kept, header)
+    done = {case_key(r) for r in kept}
     todo = [p for p in plan if (p[0], p[1], p[2].name) not in done]
     _print_skipped(skipped)
     probe = MemoryProbe()
-    failed = _run_cases(todo, len(plan), dataset, runner, config.progress, cases_path, predictions, probe)
+    _run_cases(todo, len(plan), dataset, runner, config.progress, cases_path, predictions, probe)
 
     planned = {(t, g, m.name) for t, g, m in plan}
     rows = [r for r in read_cases(cases_path, header) if case_key(r) in planned]
+    failed = [(*key, reason) for key, reason in failed_cases(rows).items()]
 
     def view(method: str, template: str, target: str):
         return runner.view(dataset.case(target),
@@ -150,12 +167,14 @@ def run_evaluation(config: EvaluationConfig) -> EvaluationResult:
         },
     )
     files = write_report(out, rows, ctx)
-    return EvaluationResult(out, dataset, methods, skipped, len(plan), len(plan) - len(todo), len(failed), files)
+    by_method = {m.name: sum(1 for f in failed if f[2] == m.name) for m in methods}
+    return EvaluationResult(out, dataset, methods, skipped, len(plan), len(plan) - len(todo), len(failed), files,
+                            {name: n for name, n in by_method.items() if n})
 
 
 def _run_cases(todo: list[tuple[str, str, Method]], total: int, dataset: Dataset, runner: Runner, progress: bool,
                cases_path: Path, predictions: Path, probe: MemoryProbe) -> list[tuple[str, str, str, str]]:
-    """Run the pending cases, appending each to cases.csv; returns the failures (kept out of it)."""
+    """Run the pending cases, appending each to cases.csv (a failure too); returns the failures."""
     from tqdm import tqdm
 
     from .report import prediction_path
@@ -177,6 +196,7 @@ def _run_cases(todo: list[tuple[str, str, Method]], total: int, dataset: Dataset
                 template_labels = runner.template_labels(template)
             bar.set_postfix_str(f"{method.name} {t_name}->{g_name}", refresh=False)
             target = dataset.case(g_name)
+            start, peak = time.perf_counter(), 0.0
             try:
                 key = (method.backbone, method.segmenter)
                 if key not in shots:
@@ -191,9 +211,15 @@ def _run_cases(todo: list[tuple[str, str, Method]], total: int, dataset: Dataset
                 rows = score_case(prediction, template_labels, target, truth, runner.truth_points(target),
                                   dataset.label_names, runner.point_columns)
             except Exception as exc:  # noqa: BLE001 - one failing case must not sink the run
-                message = f"{type(exc).__name__}: {exc}"
+                # ... nor leave the means: it is stored, scored as a failure, and retried by a rerun
+                message = one_line(f"{type(exc).__name__}: {exc}", 300)
                 failed.append((t_name, g_name, method.name, message))
                 bar.write(f"medshot: case {t_name} -> {g_name} with {method.name} failed: {message}", file=sys.stderr)
+                rows = failure_rows(template_labels, [lm.name for lm in template.landmarks], target,
+                                    dataset.has_masks and target.mask is not None, runner.truth_points(target),
+                                    dataset.label_names, message)
+                append_case(cases_path, case_lines(t_name, g_name, method.name, rows, time.perf_counter() - start,
+                                                   peak, header))
                 bar.update(1)
                 continue
             if prediction.label_map is not None:
@@ -207,7 +233,14 @@ def _run_cases(todo: list[tuple[str, str, Method]], total: int, dataset: Dataset
     return failed
 
 
-def _check_same_settings(run_path: Path, settings: dict) -> None:
+def _earlier_version(run_path: Path, settings: dict) -> str | None:
+    """None when the earlier run in ``run_path`` is this medshot version's, else its version ("" unknown).
+
+    Raises
+    ------
+    MedshotError
+        When the earlier run used other result settings (a rerun would mix numbers of two setups).
+    """
     try:
         earlier = json.loads(run_path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
@@ -216,6 +249,8 @@ def _check_same_settings(run_path: Path, settings: dict) -> None:
         if earlier.get(key) != settings[key]:
             raise MedshotError(f"holds a run with {key} = {earlier.get(key)!r}, not {settings[key]!r}; "
                                "pass --restart to start over or choose another --out", run_path)
+    version = earlier.get("medshot_version")
+    return None if version == __version__ else str(version or "")
 
 
 def _print_skipped(skipped: list[Skipped]) -> None:
@@ -242,4 +277,9 @@ def run_from_args(args) -> int:
           f"({result.resumed} from an earlier run, {result.failed} failed), "
           f"methods {', '.join(m.name for m in result.methods)}"
           + (f"; skipped {', '.join(s.name for s in result.skipped)}" if result.skipped else ""))
+    if result.failed:
+        per_method = ", ".join(f"{name} {n}" for name, n in result.failed_by_method.items())
+        print(f"medshot: {result.failed} case(s) failed, scored as failures (status failed in cases.csv): "
+              f"{per_method}", file=sys.stderr)
+        return 1
     return 0

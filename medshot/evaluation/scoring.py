@@ -1,4 +1,9 @@
-"""One prediction against the ground truth -> the rows of cases.csv (any number of dimensions)."""
+"""One prediction against the ground truth -> the rows of cases.csv (any number of dimensions).
+
+A case that raised an error is scored too (:func:`failure_rows`): every label it should have
+segmented gets Dice 0 and every landmark it should have found the worst distance an image allows,
+so that failures count in the means instead of vanishing from them.
+"""
 
 from __future__ import annotations
 
@@ -77,3 +82,35 @@ def score_case(prediction: Prediction, template_labels: dict[int, str], target: 
     if not rows:
         raise MedshotError("nothing to score: the template and the truth share no label or landmark name")
     return rows
+
+
+def failure_rows(template_labels: dict[int, str], template_landmarks: list[str], target: Case, has_truth_mask: bool,
+                 truth_points: dict[str, np.ndarray], label_names: dict[int, str], reason: str) -> list[dict]:
+    """cases.csv rows of a case that raised an error, scored as a failure.
+
+    The rows :func:`score_case` would have written, with ``status = failed`` and ``reason``: each
+    label Dice 0 and HD95 ``inf`` (as an empty prediction); each landmark the template and the
+    truth share NED 1, the target's diagonal (``distance_px``, ``distance_mm``: as far off as a
+    point in the image can be). A case with nothing to score still gets one ``kind = case`` row,
+    so that it is listed.
+    """
+    failed = {"status": "failed", "reason": reason}
+    rows: list[dict] = []
+    if has_truth_mask:
+        for label in sorted(set(template_labels) | set(target.labels)):
+            row = {"kind": "label", "item": label, "in_truth": int(label in target.labels),
+                   "item_name": label_names.get(label) or template_labels.get(label, f"label {label}"),
+                   "dice": 0.0, "hd95_px": float("inf"), **failed}
+            if target.spacing is not None:
+                row["hd95_mm"] = float("inf")
+            rows.append(row)
+    shape = np.asarray(target.shape, float)
+    for name in truth_points:
+        if name not in template_landmarks:
+            continue
+        row = {"kind": "landmark", "item": name, "item_name": name, "in_truth": 1, "ned": 1.0,
+               "distance_px": float(np.sqrt(np.sum(shape**2))), **failed}
+        if target.spacing is not None:
+            row["distance_mm"] = float(np.sqrt(np.sum((shape * np.asarray(target.spacing, float)) ** 2)))
+        rows.append(row)
+    return rows or [{"kind": "case", "item": "", "item_name": "", "in_truth": "", **failed}]

@@ -5,6 +5,10 @@ turn is the target of every other one, and its own annotations are the truth. A 
 by its mean Dice over those pairs (templates with masks) and its median landmark distance over the
 image diagonal (NED); the best mean Dice wins, then the smallest NED (landmark-only templates), then
 the earlier candidate (``classical`` first by default: a foundation model must beat it to be chosen).
+
+A choice needs two candidates that ran: with one candidate (one backbone and one segmenter), or
+only one that could run, nothing was compared and :func:`made_a_choice` says so (``medshot
+select`` then reports the scores and writes nothing into the templates).
 """
 
 from __future__ import annotations
@@ -50,7 +54,15 @@ def parse_candidates(backbones: list[str], segmenters: list[str]) -> list[dict]:
             options[key] = value if key == "facet" else (value.lower() in ("1", "true", "yes") if key == "log_bin"
                                                           else int(value))
         out += [{"backbone": name, **options, "segmenter": seg} for seg in segmenters]
-    return out
+    # a candidate named twice is one candidate: "classical,classical" compares nothing
+    seen: set = set()
+    unique = []
+    for method in out:
+        key = tuple(sorted(method.items()))
+        if key not in seen:
+            seen.add(key)
+            unique.append(method)
+    return unique
 
 
 def score_choice(choice: Choice, templates: list[Template], weights: str | None = None) -> Choice:
@@ -109,6 +121,11 @@ def best_choice(choices: list[Choice]) -> Choice:
         return (round(dice, 3), round(ned, 4), index)
 
     return min(enumerate(ran), key=key)[1]
+
+
+def made_a_choice(choices: list[Choice]) -> bool:
+    """Whether at least two candidates ran, so that the best of them was chosen over another."""
+    return sum(1 for c in choices if not c.skipped and c.pairs) >= 2
 
 
 def select_method(templates: list[Template], candidates: list[dict], weights: str | None = None,

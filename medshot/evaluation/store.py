@@ -1,5 +1,9 @@
 """cases.csv: one block of rows per finished case, appended as it finishes, read back to resume.
 
+A case that raised an error is a block too: its rows have ``status = failed``, the one-line
+``reason``, and failure scores (:func:`medshot.evaluation.scoring.failure_rows`), so it counts in
+every mean; a rerun tries it again (:func:`without_failed`).
+
 The header depends on the data kind only through the landmark coordinate columns: images have
 ``pred_x, pred_y, true_x, true_y`` (x = column, y = row, pixels); volumes ``pred_i, pred_j,
 pred_k, true_i, true_j, true_k`` (source voxel indices).
@@ -20,7 +24,8 @@ from ..data.write import atomic_path, write_csv
 
 _HEAD = ("template", "target", "method", "kind", "item", "item_name", "in_truth", "dice", "hd95_px", "hd95_mm",
          "ned", "distance_px", "distance_mm")
-_TAIL = ("score", "seconds", "peak_mem_mb")
+_TAIL = ("score", "seconds", "peak_mem_mb", "status", "reason")
+FAILED = "failed"
 
 
 def cases_header(point_columns: Sequence[str] = ("x", "y")) -> tuple[str, ...]:
@@ -46,7 +51,7 @@ def case_lines(template: str, target: str, method: str, rows: Sequence[dict], se
     buf = _io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     for row in rows:
-        full = {**row, "template": template, "target": target, "method": method,
+        full = {"status": "ok", **row, "template": template, "target": target, "method": method,
                 "seconds": f"{seconds:.4g}", "peak_mem_mb": f"{peak_mb:.4g}"}
         writer.writerow([_format(full.get(k)) for k in header])
     return buf.getvalue()
@@ -106,3 +111,14 @@ def write_cases(path: Path, rows: Sequence[dict], header: Sequence[str] = CASES_
 def case_key(row: dict) -> tuple[str, str, str]:
     """(template, target, method) of a row: what identifies a case."""
     return row["template"], row["target"], row["method"]
+
+
+def failed_cases(rows: Sequence[dict]) -> dict[tuple[str, str, str], str]:
+    """(template, target, method) -> reason, of every case whose rows say it failed."""
+    return {case_key(r): r.get("reason", "") for r in rows if r.get("status") == FAILED}
+
+
+def without_failed(rows: Sequence[dict]) -> list[dict]:
+    """The rows of the cases that did not fail (a rerun runs the failed ones again)."""
+    failed = failed_cases(rows)
+    return [r for r in rows if case_key(r) not in failed]

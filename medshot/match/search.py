@@ -28,7 +28,8 @@ from scipy import fft as sfft
 from scipy import ndimage
 
 from ..core.geometry import apply_affine, fft_size, grid_coords, informativeness, inside, pca_basis, project
-from . import rotations
+from .rotations import candidates as orientations
+from .rotations import turn_deg
 
 # (image at working resolution, coarse shape) -> (C, *coarse shape) descriptors
 Describe = Callable[[np.ndarray, tuple[int, ...]], np.ndarray]
@@ -93,7 +94,7 @@ class PoseBank:
 
     @property
     def angles(self) -> list[float]:
-        return [rotations.turn_deg(R) for R in self.rotations]
+        return [turn_deg(R) for R in self.rotations]
 
     def spectra(self, fshape: tuple[int, ...]) -> list[np.ndarray]:
         """Per orientation: the spectrum of the weighted canvas, for correlations of FFT shape ``fshape``."""
@@ -147,7 +148,7 @@ def build_bank(image: np.ndarray, roi: np.ndarray, describe: Describe,
     half = int(np.ceil(radius * options.context)) + 4
     size = 2 * half + 1
     n = max(8, int(round(size * min(1.0, options.coarse_side / max(image.shape)))))
-    turns = rotations.candidates(d, options.angle_step_deg, options.max_angle_deg, options.max_angle_3d_deg)
+    turns = orientations(d, options.angle_step_deg, options.max_angle_deg, options.max_angle_3d_deg)
     canvases = []
     for R in turns:
         # canvas (work resolution) pixel q <- template point c + R^-1 (q - half)
@@ -263,4 +264,4 @@ def _between(a: Pose, b: Pose) -> float:
     """Degrees of turn between two placements."""
     if a.rotation is None or b.rotation is None:
         return abs((a.angle - b.angle + 180) % 360 - 180)
-    return abs(rotations.turn_deg(a.rotation @ b.rotation.T))
+    return abs(turn_deg(a.rotation @ b.rotation.T))

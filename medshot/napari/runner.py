@@ -177,11 +177,11 @@ def review_order(outcomes: list[TargetOutcome]) -> list[TargetOutcome]:
 
 
 def _write_review(out: Path, outcomes: list[TargetOutcome]) -> None:
-    from ..data.write import write_csv
+    from ..data.write import write_csv_atomic
 
     rows = [[str(o.path), "" if math.isnan(o.score) else round(o.score, 4), o.status, o.weakest, o.reason]
             for o in review_order(outcomes)]
-    write_csv(out / "review.csv", REVIEW_HEADER, rows)
+    write_csv_atomic(out / "review.csv", REVIEW_HEADER, rows)  # rewritten after every target: never half a table
 
 
 def save_corrections(out: str | Path, frame, stem: str, label_map: np.ndarray | None = None,

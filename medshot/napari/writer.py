@@ -134,7 +134,7 @@ def write_landmarks(out: Path, frame: Frame | None, names: list[str], data: np.n
                     attributes: dict | None = None) -> Path:
     """Points in napari data coordinates as a landmark ``.csv`` or ``.mrk.json`` (see the module docstring)."""
     from ..data.markups import FLIP, write_markups
-    from ..data.write import write_csv
+    from ..data.write import write_csv_atomic
 
     name = out.name.lower()
     data = np.asarray(data, float).reshape(len(names), -1)
@@ -148,14 +148,14 @@ def write_landmarks(out: Path, frame: Frame | None, names: list[str], data: np.n
     if not name.endswith(".csv"):
         raise MedshotError("landmarks are written as .csv or .mrk.json", out)
     if frame is None:
-        write_csv(out, ["name", "x_lps", "y_lps", "z_lps"], [[n, *np.round(p, 4)] for n, p in zip(names, lps)])
+        write_csv_atomic(out, ["name", "x_lps", "y_lps", "z_lps"], [[n, *np.round(p, 4)] for n, p in zip(names, lps)])
     elif frame.is_volume:
         ijk = frame.source.index_to_source(frame.points_from_display(data))  # the file's own voxel indices
-        write_csv(out, ["name", "i", "j", "k", "x_mm", "y_mm", "z_mm"],
+        write_csv_atomic(out, ["name", "i", "j", "k", "x_mm", "y_mm", "z_mm"],
                   [[n, *np.round(v, 3), *np.round(w, 3)] for n, v, w in zip(names, ijk, ras)])
     else:
         rc = frame.points_from_display(data)
-        write_csv(out, ["name", "x", "y"],
+        write_csv_atomic(out, ["name", "x", "y"],
                   [[n, round(float(col), 3), round(float(row), 3)] for n, (row, col) in zip(names, rc)])
     return out
 

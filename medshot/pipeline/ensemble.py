@@ -20,6 +20,7 @@ from ..data.template import Template
 from ..features import Backbone, get_backbone
 from ..segment import Segmenter, check_segmenter, get_segmenter
 from .fusion import FUSIONS, fuse_label_maps, fuse_scores, geometric_median, local_agreement, on_image, relative_weights
+from .oneshot import OneShot
 from .result import LandmarkResult, TargetResult, score_status
 
 
@@ -45,8 +46,6 @@ class Ensemble:
     def __init__(self, templates: list[Template], backbone: str | Backbone = "classical",
                  segmenter: str | Segmenter = "classical", top_k: int | None = None, fusion: str = "local",
                  backbone_options: dict | None = None, **options):
-        from .oneshot import OneShot
-
         templates = list(templates)
         if not templates:
             raise MedshotError("no template given")
@@ -114,6 +113,11 @@ class Ensemble:
         fused.templates = {name: 0.0 for name in names} | fused.templates
         fused.seconds = time.perf_counter() - start
         return fused
+
+
+# ``OneShot([t1, t2, ...])`` builds an Ensemble; oneshot.py cannot import this module, which imports it.
+# The package's __init__ imports this module, so the link is made before any OneShot is built.
+OneShot.several = Ensemble
 
 
 def template_names(templates: list[Template]) -> list[str]:

@@ -76,11 +76,13 @@ class OneShot:
         grid a label map is carried on at once.
     """
 
+    # What ``OneShot([t1, t2, ...])`` builds: pipeline/ensemble.py sets it to its Ensemble (it imports
+    # this module, so importing it from here would make an import cycle).
+    several: type | None = None
+
     def __new__(cls, template=None, *args, **kwargs):
         if isinstance(template, (list, tuple)) and len(template) != 1:
-            from .ensemble import Ensemble
-
-            return Ensemble(template, *args, **kwargs)
+            return cls.several(template, *args, **kwargs)
         return super().__new__(cls)
 
     def __init__(self, template: Template, backbone: str | Backbone = "classical",

@@ -7,7 +7,8 @@ Files (all written together, atomically):
   paired Wilcoxon signed-rank p-value against the best baseline with its number of pairs.
 - ``by_template.csv``: the mean of each metric per method and template.
 - ``timing.csv``: seconds and peak memory per case, by method (these vary from run to run).
-- ``methods.csv``: each method that ran, and each requested one that was skipped with the reason.
+- ``methods.csv``: each method that ran with its number of (template, target) cases and how many of
+  them failed, and each requested one that was skipped with the reason.
 - ``table.png``, ``box_<metric>.png``, ``templates_<metric>.png``, ``overlays.png`` and a
   self-contained ``report.html`` with all of them embedded.
 """
@@ -28,6 +29,7 @@ from .stats import (
     SUMMARY_HEADER,
     best_baseline,
     by_template,
+    case_counts,
     metric_label,
     observations,
     summarize,
@@ -59,18 +61,19 @@ def write_report(out_dir: str | Path, rows: Sequence[dict], ctx: ReportContext) 
         if grid is not None:
             pictures["overlays.png"] = grid
     times = timing(rows, ctx.methods)
+    counts = case_counts(rows, ctx.methods)
     with OutputSet(out_dir) as out:
         write_csv(out.path_for("summary.csv"), SUMMARY_HEADER, ([r[k] for k in SUMMARY_HEADER] for r in summary))
         write_csv(out.path_for("by_template.csv"), ["metric", "method", "template", "n", "mean"],
                   by_template(rows, ctx.methods))
         write_csv(out.path_for("timing.csv"), ["method", "cases", "seconds_mean", "seconds_median", "seconds_total",
                                                "peak_mem_mb_median", "peak_mem_mb_max"], times)
-        write_csv(out.path_for("methods.csv"), ["method", "status", "reason"],
-                  [[m, "run", ""] for m in ctx.methods] + [[f"{what} {name}", "skipped", why]
-                                                             for name, what, why in ctx.skipped])
+        write_csv(out.path_for("methods.csv"), ["method", "status", "cases", "failed", "reason"],
+                  [[m, "run", *counts[m], ""] for m in ctx.methods] + [[f"{what} {name}", "skipped", "", "", why]
+                                                                       for name, what, why in ctx.skipped])
         for name, data in pictures.items():
             out.path_for(name).write_bytes(data)
-        out.path_for("report.html").write_text(_html(summary, times, pictures, ctx))
+        out.path_for("report.html").write_text(_html(summary, times, pictures, ctx, counts))
         return [out_dir / name for name in ("summary.csv", "by_template.csv", "timing.csv", "methods.csv",
                                             *pictures, "report.html")]
 
@@ -81,16 +84,18 @@ def _html_table(header: Sequence[str], lines: Sequence[Sequence]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _html(summary, times, pictures: dict[str, bytes], ctx: ReportContext) -> str:
+def _html(summary, times, pictures: dict[str, bytes], ctx: ReportContext,
+          counts: dict[str, tuple[int, int]]) -> str:
     esc = html.escape
     parts = [f"<h1>{esc(ctx.title)}</h1>",
              _html_table(["setting", "value"], list(ctx.settings.items())),
              "<h2>Methods</h2>",
-             _html_table(["method", "status", "reason"],
-                         [[m, "run", "baseline" if m in ctx.baselines else ""] for m in ctx.methods]
-                         + [[f"{what} {name}", "skipped", why] for name, what, why in ctx.skipped])]
+             _html_table(["method", "status", "cases", "failed", "reason"],
+                         [[m, "run", *counts.get(m, ("", "")), "baseline" if m in ctx.baselines else ""]
+                          for m in ctx.methods]
+                         + [[f"{what} {name}", "skipped", "", "", why] for name, what, why in ctx.skipped])]
     if ctx.failures:
-        parts += ["<h2>Failed cases (not in cases.csv; a rerun retries them)</h2>",
+        parts += ["<h2>Failed cases (scored as failures: Dice 0, NED 1; a rerun retries them)</h2>",
                   _html_table(["template", "target", "method", "error"], ctx.failures)]
     parts += ["<h2>Summary (all labels / landmarks pooled)</h2>",
               _html_table(TABLE_HEADER, table_rows(summary, ctx.element)),

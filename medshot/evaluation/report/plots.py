@@ -13,7 +13,7 @@ import numpy as np
 from .context import ReportContext
 from .stats import METRICS, metric_label, observations
 
-TABLE_HEADER = ["metric", "method", "mean ± sd", "median", "95 % CI", "sd over templates",
+TABLE_HEADER = ["metric", "method", "n (failed)", "mean ± sd", "median", "95 % CI", "sd over templates",
                 "Wilcoxon p vs best baseline"]
 
 
@@ -57,7 +57,9 @@ def table_rows(summary: Sequence[dict], element: str = "px") -> list[list[str]]:
         p = "" if r["n_pairs"] == "" else f"{fmt(r['wilcoxon_p'])} (n={r['n_pairs']})"
         if r["method"] == r["vs_baseline"]:
             p = "reference"
-        lines.append([metric_label(r["metric"], element), r["method"], f"{fmt(r['mean'])} ± {fmt(r['sd'])}",
+        # n shown beside the mean, failures in it: a method with fewer values cannot pass for the same sample
+        lines.append([metric_label(r["metric"], element), r["method"], f"{r['n']} ({r.get('n_failed', 0)})",
+                      f"{fmt(r['mean'])} ± {fmt(r['sd'])}",
                       fmt(r["median"]), f"[{fmt(r['ci95_low'])}, {fmt(r['ci95_high'])}]", fmt(r["template_sd"]), p])
     return lines
 
@@ -165,7 +167,7 @@ def plot_overlays(rows: Sequence[dict], ctx: ReportContext, metric: str, methods
 def _landmarks_of(rows, method, template, target) -> tuple[np.ndarray | None, np.ndarray | None]:
     """Predicted and true ``(row, col)`` points of a 2D case (volumes' points are not drawn on a slice)."""
     mine = [r for r in rows if r["kind"] == "landmark" and r["method"] == method and r["template"] == template
-            and r["target"] == target and "pred_x" in r]
+            and r["target"] == target and r.get("pred_x", "") != ""]  # a failed case predicted nothing
     if not mine:
         return None, None
     # cases.csv keeps the files' x = column, y = row

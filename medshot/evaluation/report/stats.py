@@ -2,6 +2,9 @@
 
 ``summary.csv`` holds only numbers that follow from the data (fixed bootstrap seed), so reruns and
 resumed runs reproduce it byte for byte; ``timing.csv`` varies from run to run.
+
+A failed case's rows (``status = failed``) carry failure scores and count like any other
+(``n_failed`` says how many of ``n`` they are); only the timings leave them out.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ METRICS: dict[str, tuple[str, bool, str]] = {
     "distance_px": ("distance (px)", False, "landmark"),
     "distance_mm": ("distance (mm)", False, "landmark"),
 }
-SUMMARY_HEADER = ("metric", "item", "item_name", "method", "n", "n_inf", "mean", "sd", "median", "ci95_low",
+SUMMARY_HEADER = ("metric", "item", "item_name", "method", "n", "n_failed", "n_inf", "mean", "sd", "median", "ci95_low",
                   "ci95_high", "n_templates", "template_sd", "vs_baseline", "n_pairs", "wilcoxon_p")
 N_BOOTSTRAP = 2000
 
@@ -98,6 +101,20 @@ def observations(rows: Sequence[dict]) -> dict[str, dict[str, dict[tuple[str, st
     return out
 
 
+def failed_pairs(rows: Sequence[dict]) -> set[tuple[str, str, str]]:
+    """(method, template, target) of every case that failed."""
+    return {(r["method"], r["template"], r["target"]) for r in rows if r.get("status") == "failed"}
+
+
+def case_counts(rows: Sequence[dict], methods: Sequence[str]) -> dict[str, tuple[int, int]]:
+    """Per method: the (template, target) pairs it has rows for, and how many of them failed."""
+    pairs: dict[str, set] = {}
+    for r in rows:
+        pairs.setdefault(r["method"], set()).add((r["template"], r["target"]))
+    failed = failed_pairs(rows)
+    return {m: (len(pairs.get(m, ())), sum(1 for t, g in pairs.get(m, ()) if (m, t, g) in failed)) for m in methods}
+
+
 def _item_order(item: str) -> tuple:
     return (0, int(item), "") if item.lstrip("-").isdigit() else (1, 0, item)
 
@@ -120,6 +137,7 @@ def summarize(rows: Sequence[dict], methods: Sequence[str], baselines: Sequence[
     """summary.csv rows: per metric, item (``all`` first) and method (in ``methods`` order)."""
     obs = observations(rows)
     names = {r["item"]: r["item_name"] for r in rows}
+    failed = failed_pairs(rows)
     out = []
     for metric in METRICS:
         if metric not in obs:
@@ -135,6 +153,7 @@ def summarize(rows: Sequence[dict], methods: Sequence[str], baselines: Sequence[
                 keys = sorted(values)
                 row = {"metric": metric, "item": item, "item_name": "all" if item == "all" else names.get(item, item),
                        "method": method, **describe(np.array([values[k] for k in keys]))}
+                row["n_failed"] = sum(1 for k in keys if (method, k[0], k[1]) in failed)
                 by_t = template_means(values)
                 row["n_templates"] = len(by_t)
                 row["template_sd"] = float(np.std(list(by_t.values()), ddof=1)) if len(by_t) > 1 else float("nan")
@@ -178,6 +197,8 @@ def timing(rows: Sequence[dict], methods: Sequence[str]) -> list[list]:
     """timing.csv rows: method, cases, mean/median/total seconds per case, median/max peak memory (MB)."""
     per_case: dict[str, dict[tuple[str, str], tuple[float, float]]] = {}
     for r in rows:
+        if r.get("status") == "failed":  # the time until it failed is not the method's time per case
+            continue
         per_case.setdefault(r["method"], {})[(r["template"], r["target"])] = (float(r["seconds"]),
                                                                              float(r["peak_mem_mb"]))
     out = []
