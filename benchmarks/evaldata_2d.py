@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from medshot import MedshotError
+from medshot.evaluation.metrics import failure_auc
 from medshot.evaluation.plan import parse_list
 from medshot.evaluation.run import EvaluationConfig, run_evaluation
 
@@ -61,16 +62,8 @@ def _read(path: Path) -> list[dict]:
 
 
 def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float:
-    """Probability that a random positive scores below a random negative (ties count half).
-
-    ``positive`` marks failures (Dice < 0.5); a good score is *low* on them, so 1.0 = perfect.
-    """
-    scores, positive = np.asarray(scores, float), np.asarray(positive, bool)
-    pos, neg = scores[positive], scores[~positive]
-    if len(pos) == 0 or len(neg) == 0:
-        return float("nan")
-    below = (pos[:, None] < neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
-    return float(below / (len(pos) * len(neg)))
+    """ROC AUC of the score against failures (``positive``: Dice < 0.5); see ``failure_auc``."""
+    return failure_auc(scores, positive)
 
 
 def target_dice(rows: list[dict]) -> dict[tuple[str, str, str], float]:

@@ -152,3 +152,15 @@ def expected_calibration_error(probability: np.ndarray, outcome: np.ndarray, bin
     table = reliability(probability, outcome, bins)
     total = sum(n for _, _, n in table)
     return float(sum(n * abs(p - o) for p, o, n in table) / total) if total else float("nan")
+
+
+def failure_auc(scores: np.ndarray, failed: np.ndarray) -> float:
+    """ROC AUC of a score as a detector of failures: the probability that a random failure scores below a random
+    success (ties count half); 1.0 = every failure below every success, 0.5 = chance, NaN without both kinds."""
+    scores, failed = np.asarray(scores, float), np.asarray(failed, bool)
+    keep = np.isfinite(scores)
+    pos, neg = scores[keep & failed], scores[keep & ~failed]
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    below = (pos[:, None] < neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    return float(below / (len(pos) * len(neg)))

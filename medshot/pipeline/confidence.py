@@ -153,18 +153,30 @@ def weakest(evidence, model: dict, phrases: dict[str, str]) -> str:
     return phrases[min(terms, key=terms.get)]
 
 
+def _agreeing(consistency: float) -> float:
+    """Probability factor that a mask agreeing this much (Dice) with the placed structure is right.
+
+    The model's evidence says whether the *placement* is right; a mask that then overlaps the placed
+    structure by Dice ``c`` has a Dice with the truth of about ``c``, so it passes the bar of 0.5 about
+    when ``c`` does: a logistic step at 0.5, its width (0.05) a tenth of the bar. For the default
+    segmenter (the carried mask itself) ``c`` is about 1 and the factor 1.
+    """
+    return float(1.0 / (1.0 + np.exp(-(consistency - 0.5) / 0.05)))
+
+
 def mask_score(evidence: LabelEvidence | None, own: float | None, nonempty: bool,
                ndim: int = 2) -> tuple[float, str]:
     """A label's score and, below :data:`LOW`, the reason a person understands.
 
     The calibrated probability that the placement is right, from evidence about the returned mask,
-    times the segmenter's own estimate where it has one (SAM's predicted IoU, the random walker's
+    times how well that mask agrees with the placed structure, times the segmenter's own estimate where
+    it has one (SAM's predicted IoU, the random walker's
     decisiveness): the mask is right only where both are. A label with no template mask (prompt
     points only) has the segmenter's estimate alone; an empty mask scores 0.
     """
     if not nonempty:
         return 0.0, "the segmenter returned an empty mask"
-    p = 1.0 if evidence is None else label_score(evidence, ndim)
+    p = 1.0 if evidence is None else label_score(evidence, ndim) * _agreeing(evidence.consistency)
     if own is not None:
         p *= float(own)
     if p >= LOW:
@@ -173,6 +185,8 @@ def mask_score(evidence: LabelEvidence | None, own: float | None, nonempty: bool
         return p, "the region is much smaller than the template's"
     if evidence is not None and evidence.size_ratio > 2.0:
         return p, "the region is much larger than the template's"
+    if evidence is not None and evidence.consistency < 0.5:
+        return p, "the segmenter's mask disagrees with where the template's structure was placed"
     if own is not None and (evidence is None or own < 0.5):
         return p, f"the segmenter's own estimate is low ({own:.2f})"
     return p, weakest(evidence, label_model(ndim), LABEL_REASONS)

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ...data.write import OutputSet, write_csv
+from .calibration import calibration_table, plot_reliability
 from .context import ReportContext
 from .plots import TABLE_HEADER, fmt, plot_box, plot_overlays, plot_table, plot_templates, table_rows
 from .stats import (
@@ -36,6 +37,8 @@ from .stats import (
     template_means,
     timing,
 )
+
+CALIBRATION_HEADER = ["method", "kind", "n", "wrong", "auc", "ece"]
 
 
 def write_report(out_dir: str | Path, rows: Sequence[dict], ctx: ReportContext) -> list[Path]:
@@ -60,6 +63,11 @@ def write_report(out_dir: str | Path, rows: Sequence[dict], ctx: ReportContext) 
         grid = plot_overlays(rows, ctx, primary, shown)
         if grid is not None:
             pictures["overlays.png"] = grid
+    scored_methods = [m for m in ctx.methods if m not in ctx.baselines]
+    calibration = calibration_table(rows, scored_methods)
+    diagram = plot_reliability(rows, scored_methods)
+    if diagram is not None:
+        pictures["reliability.png"] = diagram
     times = timing(rows, ctx.methods)
     counts = case_counts(rows, ctx.methods)
     with OutputSet(out_dir) as out:
@@ -68,13 +76,15 @@ def write_report(out_dir: str | Path, rows: Sequence[dict], ctx: ReportContext) 
                   by_template(rows, ctx.methods))
         write_csv(out.path_for("timing.csv"), ["method", "cases", "seconds_mean", "seconds_median", "seconds_total",
                                                "peak_mem_mb_median", "peak_mem_mb_max"], times)
+        write_csv(out.path_for("calibration.csv"), CALIBRATION_HEADER, calibration)
         write_csv(out.path_for("methods.csv"), ["method", "status", "cases", "failed", "reason"],
                   [[m, "run", *counts[m], ""] for m in ctx.methods] + [[f"{what} {name}", "skipped", "", "", why]
                                                                        for name, what, why in ctx.skipped])
         for name, data in pictures.items():
             out.path_for(name).write_bytes(data)
-        out.path_for("report.html").write_text(_html(summary, times, pictures, ctx, counts))
-        return [out_dir / name for name in ("summary.csv", "by_template.csv", "timing.csv", "methods.csv",
+        out.path_for("report.html").write_text(_html(summary, times, pictures, ctx, counts, calibration))
+        return [out_dir / name for name in ("summary.csv", "by_template.csv", "timing.csv", "calibration.csv",
+                                            "methods.csv",
                                             *pictures, "report.html")]
 
 
@@ -85,7 +95,7 @@ def _html_table(header: Sequence[str], lines: Sequence[Sequence]) -> str:
 
 
 def _html(summary, times, pictures: dict[str, bytes], ctx: ReportContext,
-          counts: dict[str, tuple[int, int]]) -> str:
+          counts: dict[str, tuple[int, int]], calibration: Sequence[Sequence] = ()) -> str:
     esc = html.escape
     parts = [f"<h1>{esc(ctx.title)}</h1>",
              _html_table(["setting", "value"], list(ctx.settings.items())),
@@ -103,6 +113,13 @@ def _html(summary, times, pictures: dict[str, bytes], ctx: ReportContext,
               "signed-rank test against the baseline with the best mean, over the (template, target, item) triples "
               "both have (n = pairs). Label rows count only where the ground truth holds the label. HD95 means and "
               "CIs leave out infinite values (a label predicted empty); n_inf in summary.csv counts them.</p>"]
+    if calibration:
+        parts += ["<h2>Are the scores right?</h2>",
+                  _html_table(CALIBRATION_HEADER, [[*c[:4], fmt(c[4]), fmt(c[5])] for c in calibration]),
+                  "<p>AUC: how well the score separates wrong results (label Dice &lt; 0.5; landmark NED &gt; 0.02) "
+                  "from right ones (1 = perfectly, 0.5 = chance). ECE: expected calibration error, the mean gap "
+                  "between the score and the share of results that are right, over 10 score bins (0 = a score of "
+                  "0.8 is right 80 % of the time). reliability.png draws the bins (numbers: results per bin).</p>"]
     for name in pictures:
         if name != "table.png":
             data = base64.b64encode(pictures[name]).decode()
