@@ -12,13 +12,13 @@ import argparse
 import sys
 
 from ..core.errors import MedshotError
-from . import annotate, backbones, demo, evaluate, run, select, template
+from . import annotate, backbones, check, demo, evaluate, run, select, template
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 
 # Sub-commands in the order of ``medshot --help``; each module adds its parser(s) and runs its command(s).
-GROUPS = (template, run, select, demo, backbones, annotate, evaluate)
+GROUPS = (template, run, select, check, demo, backbones, annotate, evaluate)
 
 
 def version() -> str:
