@@ -17,7 +17,9 @@ volume (``image``: a NIfTI file or a DICOM series folder)::
 with ``i, j, k`` voxel indices of the file's own array and ``x, y, z`` world RAS mm (either set is
 enough; the voxel indices win when both are given). An optional ``"method"`` entry
 (``{"backbone": "dinov2_vits14", "layer": 9, "segmenter": "classical"}``, written by ``medshot
-select``) is what runs with this template use unless told otherwise. In memory, every point is array indices of
+select``) is what runs with this template use unless told otherwise. ``"frame": N`` says which frame
+of a file with several (a cine DICOM, a 4D NIfTI) the template is (0-based; written whenever one
+was chosen, by default or by ``--frame``). In memory, every point is array indices of
 :attr:`Template.image` (see :mod:`medshot.data.image`), in 2D and 3D alike.
 """
 
