@@ -291,3 +291,17 @@ def test_a_file_read_is_a_template_that_finds_itself(paths, tmp_path):
     assert distance.max() <= SELF_DISTANCE and dice >= SELF_DICE, (
         f"{_ident(paths[0])} {template.image.shape}: landmark distances {np.round(distance, 2).tolist()} px "
         f"(spot, centre), Dice {dice:.4f}")
+
+
+def test_a_multiframe_dicom_volume_is_a_volume_target(tmp_path):
+    import shutil
+
+    from medshot.data.read import is_volume_path
+    from medshot.data.targets import list_targets
+
+    for name in ("rtdose.dcm", "rtdose_1frame.dcm", "examples_ybr_color.dcm"):
+        shutil.copy(pydicom_files() / name, tmp_path / name)
+    assert list_targets([tmp_path], volumes=True) == [tmp_path / "rtdose.dcm"]
+    assert [is_volume_path(tmp_path / n) for n in ("rtdose.dcm", "rtdose_1frame.dcm", "examples_ybr_color.dcm")] \
+        == [True, False, False]
+    assert is_volume_path(nibabel_files() / "functional.nii")  # a 4D time series: its volume 0
