@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,36 @@ import pytest
 
 from medshot.data.write import save_png
 from medshot.synthetic import LANDMARK_NAMES, make_phantom
+
+# Fixtures of the tests that open Qt windows (napari draws with OpenGL): they need a display, as do
+# tests marked ``display``.
+DISPLAY_FIXTURES = {"qtbot", "make_napari_viewer"}
+
+
+def display_problem(config: pytest.Config) -> str | None:
+    """Why tests that open windows cannot run here (Linux without a display), else None.
+
+    pytest-xvfb starts Xvfb and sets ``DISPLAY`` in its ``pytest_configure`` when Xvfb is installed;
+    without Xvfb it does nothing, and Qt then aborts the whole process ("Fatal Python error:
+    Aborted") on the first window, with no summary.
+    """
+    if not sys.platform.startswith("linux") or os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"):
+        return None
+    how = "apt-get install xvfb (as .ci/run does), or run with a display"
+    if not config.pluginmanager.hasplugin("xvfb"):
+        return f"no display: DISPLAY is unset and pytest-xvfb is not installed; pip install pytest-xvfb and {how}"
+    return f"no display: DISPLAY is unset and pytest-xvfb could not start Xvfb (not on PATH); {how}"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    problem = display_problem(config)
+    if problem is None:
+        return
+    skip = pytest.mark.skip(reason=problem)
+    for item in items:
+        if item.get_closest_marker("display") or DISPLAY_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(skip)
+
 
 EVALDATA = Path(os.environ.get("MEDSHOT_EVALDATA", Path(__file__).resolve().parents[2] / "shared" / "evaldata"))
 

@@ -140,6 +140,7 @@ def _cli(*args, cwd):
                           cwd=cwd, timeout=600)
 
 
+@pytest.mark.display  # the command starts Xvfb itself when there is no display; without Xvfb it refuses
 def test_annotate_screenshot_is_headless(tmp_path, template_files):
     shot = tmp_path / "shot.png"
     run = _cli("annotate", str(template_files[0]), "--screenshot", str(shot), cwd=tmp_path)

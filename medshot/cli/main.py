@@ -20,6 +20,8 @@ from .annotate import COMMANDS as ANNOTATE
 from .annotate import add_parser as add_annotate
 from .backbones import COMMANDS as BACKBONES
 from .backbones import add_parser as add_backbones
+from .check import COMMANDS as CHECK
+from .check import add_parser as add_check
 from .demo import COMMANDS as DEMO
 from .demo import add_parser as add_demo
 from .evaluate import COMMANDS as EVALUATE
@@ -35,7 +37,8 @@ EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 
 # Sub-commands in the order of ``medshot --help``: (add the group's parser(s), name -> function).
-GROUPS = ((add_template, TEMPLATE), (add_run, RUN), (add_select, SELECT), (add_demo, DEMO),
+GROUPS = ((add_template, TEMPLATE), (add_run, RUN), (add_select, SELECT), (add_check, CHECK),
+          (add_demo, DEMO),
           (add_backbones, BACKBONES), (add_annotate, ANNOTATE), (add_evaluate, EVALUATE))
 
 

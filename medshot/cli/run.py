@@ -256,9 +256,9 @@ def check_targets(args: argparse.Namespace, ndim: int) -> list[Path]:
                                "give one slice of it)", f)
         image = read_image(f)
         check_contrast(image.array, f)
-        note = missing_note(image.meta)
-        if note:
-            print(f"medshot: note: {f}: {note}", file=sys.stderr)
+        for note in (missing_note(image.meta), image.meta.get("frame_note")):
+            if note:
+                print(f"medshot: note: {f}: {note}", file=sys.stderr)
     return files
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from ..core.errors import MedshotError
@@ -24,6 +25,10 @@ def add_parser(sub) -> None:
                    help="intensity window stored with the template (e.g. CT HU -160 240)")
     p.add_argument("--slice", type=int, default=None,
                    help="use one slice of a 3D NIfTI as a 2D template (default: the whole volume)")
+    p.add_argument("--frame", type=int, default=None,
+                   help="frame (0-based) of a multi-frame DICOM (a 2D image) or time point of a 4D NIfTI (a volume) "
+                        "to use (default: a DICOM whose frames are evenly spaced slices is a volume, else frame 0; "
+                        "targets are read with the default)")
     p.add_argument("--out", required=True, help="template JSON to write")
 
 
@@ -33,7 +38,11 @@ def cmd_template(args: argparse.Namespace) -> int:
     labels, names = label_choice(args)
     template = Template.build(args.image, args.mask, args.landmarks, labels=labels, label_names=names,
                               n_positive=args.positive, n_negative=args.negative,
-                              window=tuple(args.window) if args.window else None, slice_index=args.slice)
+                              window=tuple(args.window) if args.window else None, slice_index=args.slice,
+                              frame=args.frame)
+    note = template.image.meta.get("frame_note")
+    if note:
+        print(f"medshot: note: {args.image}: {note}", file=sys.stderr)
     out = Path(args.out)
     refuse_input_overwrite(out, [args.image, args.mask, args.landmarks])
     template.save(out)

@@ -1,4 +1,4 @@
-"""DICOM: single files (2D) and series folders (volumes), with their geometry.
+"""DICOM: single files (2D, or a volume of positioned frames) and series folders (volumes), with their geometry.
 
 Slices of a series are ordered by ImagePositionPatient projected on the slice normal (the cross
 product of the ImageOrientationPatient row and column directions), never by file name or
@@ -8,12 +8,14 @@ whose decoder is not installed gets a one-line error that names the package that
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from ..core.errors import MedshotError
-from .image import RAS_FROM_LPS, Image, from_array, raster_affine
+from .dicom_frames import dicom_image, header_is_volume
+from .image import RAS_FROM_LPS, Image, from_array
 
 # Relative tolerance on the spacing between consecutive DICOM slices; beyond it slices are missing.
 SLICE_GAP_TOLERANCE = 0.05
@@ -43,12 +45,17 @@ def dicom_pixels(ds, path: str | Path) -> np.ndarray:
         return ds.pixel_array
     except Exception as exc:  # noqa: BLE001 - pydicom raises several types for a missing decoder
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-        if syntax is None or not getattr(syntax, "is_compressed", False) or not _decoder_missing(syntax):
+        if syntax is None or not getattr(syntax, "is_compressed", False):
             raise
         packages = next((pk for prefixes, pk in _DICOM_DECODERS if str(syntax).startswith(prefixes)),
                         "pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg")
-        raise MedshotError(f"DICOM pixel data is compressed ({syntax.name}, {syntax}) and no installed decoder "
-                           f"reads it; `pip install {packages}` (or python-gdcm) adds one", path) from exc
+        if _decoder_missing(syntax):
+            raise MedshotError(f"DICOM pixel data is compressed ({syntax.name}, {syntax}) and no installed decoder "
+                               f"reads it; `pip install {packages}` (or python-gdcm) adds one", path) from exc
+        # A decoder is there but fails (Pillow reads no 12-bit JPEG, some JPEG 2000 streams): another may not.
+        reason = " ".join(str(exc).split("plugins:")[-1].split())[:160]
+        raise MedshotError(f"DICOM pixel data ({syntax.name}) could not be decoded by the installed decoders "
+                           f"({reason}); `pip install {packages}` (or python-gdcm) may read it", path) from exc
 
 
 def looks_like_dicom(path: Path) -> bool:
@@ -61,34 +68,69 @@ def looks_like_dicom(path: Path) -> bool:
         return False
 
 
-def read_dicom_file(path: Path) -> Image:
-    """One DICOM file as a 2D image (the middle frame of a multi-frame file), placed by its geometry tags."""
+def read_dataset(path: Path):
+    """The file's pydicom dataset, pixels included.
+
+    A file without the DICOM preamble and file meta header (written by older tools, or a bare
+    dataset) is read as a raw dataset, and a missing transfer syntax is taken from how the
+    dataset was encoded (uncompressed little/big endian, implicit/explicit VR), which is all such
+    a file can be.
+    """
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    try:
+        ds = pydicom.dcmread(str(path))
+    except InvalidDicomError:
+        ds = pydicom.dcmread(str(path), force=True)
+        if no_pixels(ds):
+            raise MedshotError(f"{no_pixels(ds)}; the file also lacks the 'DICM' preamble", path) from None
+    if "PixelData" in ds and not getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None):
+        implicit, little = getattr(ds, "original_encoding", (None, None))
+        if implicit is not None:
+            syntax = (ImplicitVRLittleEndian if implicit else
+                      ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
+            ds.file_meta = getattr(ds, "file_meta", None) or pydicom.dataset.FileMetaDataset()
+            ds.file_meta.TransferSyntaxUID = syntax
+    return ds
+
+
+def no_pixels(ds) -> str | None:
+    """Why a dataset holds no image (an SR, RT plan, DICOMDIR, waveform ...), else None."""
+    if any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        return None
+    sop = getattr(ds, "SOPClassUID", None) or getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", None)
+    what = getattr(sop, "name", None) or str(getattr(ds, "Modality", "") or "unknown kind")
+    return f"holds no image: a DICOM object without pixel data ({what})"
+
+
+def read_dicom_file(path: Path, frame: int | None = None) -> Image:
+    """One DICOM file: a 2D image, one frame of a multi-frame file, or the volume its frames are.
+
+    See :mod:`medshot.data.dicom_frames` for how frames, geometry and colour are read.
+    """
+    with warnings.catch_warnings():
+        # pydicom warns about what it tolerates (excess padding, a VR it had to guess): the file is read,
+        # and such warnings would break the one-line output of the command line.
+        warnings.filterwarnings("ignore", category=UserWarning, module="pydicom")
+        ds = read_dataset(path)
+        why = no_pixels(ds)
+        if why:
+            raise MedshotError(why, path)
+        pixels = dicom_pixels(ds, path)
+    return dicom_image(ds, pixels, path, frame)
+
+
+def dicom_file_is_volume(path: str | Path) -> bool:
+    """Whether a DICOM file is a multi-frame volume (reads the header only)."""
     import pydicom
 
-    ds = pydicom.dcmread(str(path))
-    arr = dicom_pixels(ds, path).astype(np.float32)
-    if arr.ndim == 3 and arr.shape[-1] in (3, 4) and getattr(ds, "SamplesPerPixel", 1) > 1:
-        arr = arr[..., :3] @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-    elif arr.ndim == 3:
-        arr = arr[arr.shape[0] // 2]
-    slope = float(getattr(ds, "RescaleSlope", 1) or 1)
-    intercept = float(getattr(ds, "RescaleIntercept", 0) or 0)
-    arr = arr * slope + intercept
-    meta = {"modality": str(getattr(ds, "Modality", ""))}
-    affine = raster_affine()
-    spacing = getattr(ds, "PixelSpacing", None)
-    if spacing is not None:
-        meta["spacing"] = (float(spacing[0]), float(spacing[1]))
-        affine = affine @ np.diag([meta["spacing"][0], meta["spacing"][1], 1.0, 1.0])
-    if spacing is not None and hasattr(ds, "ImagePositionPatient") and hasattr(ds, "ImageOrientationPatient"):
-        iop = np.array([float(v) for v in ds.ImageOrientationPatient])
-        lps = np.eye(4)
-        lps[:3, 0] = iop[3:] * meta["spacing"][0]  # down the rows (increasing row index)
-        lps[:3, 1] = iop[:3] * meta["spacing"][1]  # along a row (increasing column index)
-        lps[:3, 2] = np.cross(iop[:3], iop[3:])
-        lps[:3, 3] = [float(v) for v in ds.ImagePositionPatient]
-        affine = RAS_FROM_LPS @ lps
-    return Image(np.ascontiguousarray(arr), affine, path, "dicom", None, meta)
+    try:
+        ds = pydicom.dcmread(str(path), stop_before_pixels=True, force=True)
+    except Exception:  # noqa: BLE001 - an unreadable file is not a volume; the reader will say why
+        return False
+    return header_is_volume(ds)
 
 
 def dicom_files(folder: Path) -> list[Path]:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.errors import MedshotError
-from .dicom import is_dicom_series_dir, looks_like_dicom, read_dicom_file, read_dicom_series
+from .dicom import dicom_file_is_volume, is_dicom_series_dir, looks_like_dicom, read_dicom_file, read_dicom_series
 from .image import Image, Source, from_array, raster_affine
 
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -25,6 +25,11 @@ IMAGE_SUFFIXES = RASTER_SUFFIXES + NIFTI_SUFFIXES + DICOM_SUFFIXES
 MIN_SIDE = 8
 # Largest label value: label maps are written as 8- or 16-bit PNG / NIfTI.
 MAX_LABEL = 65535
+# Medical formats medshot does not read, named in the refusal (a converter writes NIfTI from each).
+OTHER_FORMATS = {".hdr": "Analyze/NIfTI header-image pair", ".img": "Analyze/NIfTI header-image pair",
+                 ".mgz": "FreeSurfer MGH", ".mgh": "FreeSurfer MGH", ".mnc": "MINC", ".par": "Philips PAR/REC",
+                 ".rec": "Philips PAR/REC", ".head": "AFNI BRIK/HEAD", ".brik": "AFNI BRIK/HEAD", ".v": "ECAT",
+                 ".nrrd": "NRRD", ".mha": "MetaImage", ".mhd": "MetaImage", ".gz": "gzip-compressed"}
 
 
 def suffix(path: Path) -> str:
@@ -44,19 +49,27 @@ def nifti_is_volume(path: str | Path) -> bool:
         full = nib.load(str(path)).shape
     except Exception:  # noqa: BLE001 - an unreadable file is not a volume; the reader will say why
         return False
-    # (X, Y, Z) or (X, Y, Z, 1, ...) with Z > 1; a single-slice file stays 2D.
-    return len(full) >= 3 and full[2] > 1 and all(s == 1 for s in full[3:])
+    # (X, Y, Z), (X, Y, Z, 1, ...) or a time series (X, Y, Z, T) with Z > 1; a single-slice file stays 2D.
+    return len(full) >= 3 and full[2] > 1 and all(s == 1 for s in full[4:])
 
 
 def is_volume_path(path: str | Path, slice_index: int | None = None) -> bool:
-    """Input that is a volume: a 3D NIfTI (unless a slice is asked for) or a DICOM series folder."""
+    """Input that is a volume: a 3D NIfTI (unless a slice is asked for), a DICOM series folder, or a
+    DICOM file whose frames are evenly spaced slices (headers only)."""
     path = Path(path)
     if path.is_dir():
         return is_dicom_series_dir(path)
-    return slice_index is None and path.is_file() and suffix(path) in NIFTI_SUFFIXES and nifti_is_volume(path)
+    if slice_index is not None or not path.is_file():
+        return False
+    sfx = suffix(path)
+    if sfx in NIFTI_SUFFIXES:
+        return nifti_is_volume(path)
+    return (sfx in DICOM_SUFFIXES or (sfx not in RASTER_SUFFIXES and looks_like_dicom(path))) and \
+        dicom_file_is_volume(path)
 
 
-def read_image(path: str | Path, slice_index: int | None = None, slice_axis: int = 2) -> Image:
+def read_image(path: str | Path, slice_index: int | None = None, slice_axis: int = 2,
+               frame: int | None = None) -> Image:
     """Read a 2D image or a volume.
 
     Parameters
@@ -67,6 +80,10 @@ def read_image(path: str | Path, slice_index: int | None = None, slice_axis: int
         For 3D NIfTI: read only this slice along ``slice_axis``, as a 2D image (default: the volume).
     slice_axis : int
         Array axis of a 3D NIfTI to slice along.
+    frame : int, optional
+        Which frame (0-based) of a file with several: a time point of a 4D NIfTI (a volume), a frame
+        of a multi-frame DICOM (a 2D image). Default: a DICOM whose frames are evenly spaced slices
+        is read as a volume; otherwise frame 0 is used and ``meta["frame_note"]`` says so.
 
     Raises
     ------
@@ -84,12 +101,15 @@ def read_image(path: str | Path, slice_index: int | None = None, slice_axis: int
                                    "DICOM slices with positions and orientations)", path)
             image = read_dicom_series(path)
         elif sfx in NIFTI_SUFFIXES:
-            image = _read_nifti(path, slice_index, slice_axis)
+            image = _read_nifti(path, slice_index, slice_axis, frame)
         elif sfx in DICOM_SUFFIXES or (sfx not in RASTER_SUFFIXES and looks_like_dicom(path)):
-            image = read_dicom_file(path)
+            image = read_dicom_file(path, frame)
         elif sfx in RASTER_SUFFIXES:
             image = _read_raster(path)
         else:
+            if sfx in OTHER_FORMATS:
+                raise MedshotError(f"unsupported file type '{sfx}' ({OTHER_FORMATS[sfx]}); medshot reads NIfTI, "
+                                   f"DICOM and PNG/JPEG/TIFF/BMP: convert it to NIfTI", path)
             raise MedshotError(f"unsupported file type '{sfx or path.name}' (expected one of "
                                f"{', '.join(IMAGE_SUFFIXES)}, or a DICOM series folder)", path)
     except MedshotError:
@@ -101,6 +121,8 @@ def read_image(path: str | Path, slice_index: int | None = None, slice_axis: int
         raise MedshotError(f"image is {W}x{H} pixels; medshot needs at least {MIN_SIDE} pixels on each side", path)
     if image.ndim == 3 and min(image.shape) < 2:
         raise MedshotError(f"expected a 3D volume, got shape {image.shape}", path)
+    if image.ndim not in (2, 3):
+        raise MedshotError(f"expected a 2D image or a 3D volume, got shape {image.shape}", path)
     image.array = fill_missing(image.array, image.meta, path)
     return image
 
@@ -130,6 +152,11 @@ def missing_note(meta: dict) -> str | None:
             f"finite value)")
 
 
+def frame_note(meta: dict) -> str | None:
+    """A one-line note for a file of several frames of which one was used (which, and why), else None."""
+    return meta.get("frame_note")
+
+
 def check_contrast(array: np.ndarray, path: str | Path | None) -> None:
     """Refuse a constant image: there is nothing to match in it (an all-NaN image used to become one)."""
     lo, hi = float(np.min(array)), float(np.max(array))
@@ -152,18 +179,35 @@ def _read_raster(path: Path) -> Image:
     return Image(np.ascontiguousarray(arr, dtype=np.float32), raster_affine(), path, "raster", None, {"mode": mode})
 
 
-def _read_nifti(path: Path, slice_index: int | None, slice_axis: int) -> Image:
+def _read_nifti(path: Path, slice_index: int | None, slice_axis: int, frame: int | None = None) -> Image:
     import nibabel as nib
 
     img = nib.load(str(path))
-    shape = img.shape
-    if len(shape) > 3 and all(s == 1 for s in shape[3:]):
-        shape = shape[:3]
+    if not isinstance(img.header, nib.Nifti1Header):  # CIFTI-2 loads from a .nii as grey-ordinate data
+        raise MedshotError(f"is a {type(img).__name__.replace('Image', '')} file (not an image on a voxel "
+                           f"grid); medshot reads NIfTI images", path)
+    shape = tuple(img.shape)
+    while len(shape) > 3 and shape[-1] == 1:
+        shape = shape[:-1]
     meta = {"qform_code": int(img.header["qform_code"]), "sform_code": int(img.header["sform_code"])}
-    # float32 directly: get_fdata's default float64 would double the memory of a large CT.
-    data = img.get_fdata(dtype=np.float32).reshape(shape) if len(shape) <= 3 else None
-    if data is None:
-        raise MedshotError(f"expected 2D or 3D NIfTI data, got shape {img.shape}", path)
+    if len(shape) > 4:
+        raise MedshotError(f"expected 2D, 3D or 4D (a time series of volumes) NIfTI data, got shape {img.shape}",
+                           path)
+    if len(shape) == 4:
+        count = shape[3]
+        k = 0 if frame is None else frame
+        if not 0 <= k < count:
+            raise MedshotError(f"frame {k} is outside the file's {count} frames (0 to {count - 1})", path)
+        # Only this volume is read (the array proxy applies the header's scl_slope/scl_inter).
+        data = np.asarray(img.dataobj[..., k], dtype=np.float32).reshape(shape[:3])
+        meta["frames"] = {"count": count, "used": k, "kind": "a time series of volumes"}
+        meta["frame_note"] = (f"{count} volumes (a time series, 4th axis); volume {k} is used" +
+                              ("" if frame is not None else ", --frame N picks another (0-based)"))
+    else:
+        if frame not in (None, 0):
+            raise MedshotError(f"frame {frame} asked for, but the file holds one image", path)
+        # float32 directly: get_fdata's default float64 would double the memory of a large CT.
+        data = img.get_fdata(dtype=np.float32).reshape(shape)
     if data.ndim == 3 and data.shape[2] == 1:
         data = data[:, :, 0]
     if data.ndim == 2:

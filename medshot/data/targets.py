@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..core.errors import MedshotError
-from .dicom import dicom_files, is_dicom_series_dir
-from .read import IMAGE_SUFFIXES, NIFTI_SUFFIXES, is_image_path, suffix
+from .dicom import dicom_file_is_volume, dicom_files, is_dicom_series_dir
+from .read import DICOM_SUFFIXES, IMAGE_SUFFIXES, NIFTI_SUFFIXES, is_image_path, suffix
 
 RUN_RECORD = "medshot-run.json"
 # Names medshot gives its own outputs: never taken as targets when a folder is listed.
@@ -61,15 +61,17 @@ def list_targets(paths: Sequence[str | Path], volumes: bool = False) -> list[Pat
 
 
 def _holds_target(path: Path, volumes: bool) -> bool:
-    if volumes:
-        return (path.is_file() and suffix(path) in NIFTI_SUFFIXES) or (path.is_dir() and is_dicom_series_dir(path))
+    if volumes:  # a multi-frame DICOM file whose frames are slices is a volume too
+        return (path.is_file() and (suffix(path) in NIFTI_SUFFIXES or
+                                    (suffix(path) in DICOM_SUFFIXES and dicom_file_is_volume(path)))) or \
+            (path.is_dir() and is_dicom_series_dir(path))
     return is_image_path(path)
 
 
 def _nothing_found(folder: Path, volumes: bool) -> str:
     if volumes:
         hint = " (a single DICOM file is not a series)" if dicom_files(folder) else ""
-        return f"folder holds no volume (3D .nii/.nii.gz or DICOM series folder){hint}"
+        return f"folder holds no volume (3D .nii/.nii.gz, DICOM series folder or multi-frame DICOM volume){hint}"
     what = f"folder holds no image ({', '.join(IMAGE_SUFFIXES)})"
     return what + " other than medshot outputs" if any(folder.iterdir()) else what
 

@@ -17,7 +17,9 @@ volume (``image``: a NIfTI file or a DICOM series folder)::
 with ``i, j, k`` voxel indices of the file's own array and ``x, y, z`` world RAS mm (either set is
 enough; the voxel indices win when both are given). An optional ``"method"`` entry
 (``{"backbone": "dinov2_vits14", "layer": 9, "segmenter": "classical"}``, written by ``medshot
-select``) is what runs with this template use unless told otherwise. In memory, every point is array indices of
+select``) is what runs with this template use unless told otherwise. ``"frame": N`` says which frame
+of a file with several (a cine DICOM, a 4D NIfTI) the template is (0-based; written whenever one
+was chosen, by default or by ``--frame``). In memory, every point is array indices of
 :attr:`Template.image` (see :mod:`medshot.data.image`), in 2D and 3D alike.
 """
 
@@ -61,6 +63,8 @@ class Template:
     prompts: list[PromptPoints] = field(default_factory=list)
     window: tuple[float, float] | None = None
     slice_index: int | None = None
+    # Which frame of a file with several (a cine, a 4D NIfTI); None: the reader's default (stated on reading).
+    frame: int | None = None
     # What ``medshot select`` chose on the user's templates (backbone, its options, segmenter); runs use
     # it unless told otherwise.
     method: dict = field(default_factory=dict)
@@ -80,7 +84,7 @@ class Template:
     @property
     def image(self) -> Image:
         if self._image is None:
-            self._image = read_image(self.image_path, self.slice_index)
+            self._image = read_image(self.image_path, self.slice_index, frame=self.frame)
         return self._image
 
     @property
@@ -121,7 +125,8 @@ class Template:
             template = cls(image_path=base / spec["image"], mask_path=mask_path,
                            labels={int(k): str(v) for k, v in (spec.get("labels") or {}).items()},
                            window=check_window(spec.get("window"), json_path),
-                           slice_index=spec.get("slice_index"), method=_method(spec.get("method")))
+                           slice_index=spec.get("slice_index"), frame=spec.get("frame"),
+                           method=_method(spec.get("method")))
         except (KeyError, TypeError, ValueError) as exc:
             raise MedshotError(f"malformed template entry ({type(exc).__name__}: {exc})", json_path) from exc
         image = template.image
@@ -177,6 +182,9 @@ class Template:
             spec["mask"] = rel(self.mask_path)
         if self.slice_index is not None:
             spec["slice_index"] = int(self.slice_index)
+        used = (image.meta.get("frames") or {}).get("used")
+        if isinstance(used, int):  # the frame read, stated even when it was the default, so reloading reads it
+            spec["frame"] = used
         if self.window is not None:
             spec["window"] = list(self.window)
         if self.labels:
@@ -196,14 +204,15 @@ class Template:
     def build(cls, image_path: str | Path, mask_path: str | Path | None = None,
               landmarks_file: str | Path | None = None, labels: list[int] | None = None,
               label_names: dict[int, str] | None = None, n_positive: int = 5, n_negative: int = 4,
-              window: tuple[float, float] | None = None, slice_index: int | None = None) -> Template:
+              window: tuple[float, float] | None = None, slice_index: int | None = None,
+              frame: int | None = None) -> Template:
         """Make a template from an image, an optional label map and an optional landmark file.
 
         Prompt points are sampled from the mask: ``n_positive`` spread inside each label,
         ``n_negative`` just outside it.
         """
         template = cls(image_path=Path(image_path), mask_path=Path(mask_path) if mask_path else None,
-                       window=window, slice_index=slice_index)
+                       window=window, slice_index=slice_index, frame=frame)
         image = template.image
         if landmarks_file is not None:
             template.landmarks = read_landmarks(landmarks_file, image, image_name=Path(image_path).name)
