@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +36,14 @@ def chromium_or_skip() -> str:
     exe = find_chromium()
     if exe is None:
         pytest.skip("no Chromium on PATH (apt-get install chromium, or set MEDSHOT_CHROMIUM)")
+    # Ubuntu's "chromium" is a stub asking for a snap, which cannot run here: only a browser that
+    # answers --version is used
+    try:
+        done = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        pytest.skip(f"{exe} does not run: {err}")
+    if done.returncode != 0 or "chrom" not in done.stdout.lower():
+        pytest.skip(f"{exe} is not a working Chromium: {(done.stdout + done.stderr).strip()[:200]}")
     return exe
 
 
