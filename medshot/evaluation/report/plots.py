@@ -85,7 +85,7 @@ def plot_box(values: dict[str, np.ndarray], metric: str, element: str = "px") ->
     fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(names), 3.6), layout="constrained")
     data = [v[np.isfinite(v)] for v in values.values()]
     ax.boxplot(data, showmeans=True)
-    ax.set_xticks(range(1, len(names) + 1), names, rotation=20, ha="right", fontsize=8)
+    ax.set_xticks(range(1, len(names) + 1), [_fit(n, 1.15 * 72, 8) for n in names], fontsize=8)
     ax.set_ylabel(label)
     ax.set_title(f"{label} per method (every label/landmark of every pair)", fontsize=9)
     ax.grid(axis="y", alpha=0.3)
