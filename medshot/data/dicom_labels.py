@@ -93,3 +93,74 @@ def _rtstruct_frames(path: Path, sources: list) -> tuple[np.ndarray, dict[int, s
         frames[mask & (frames == 0)] = label  # overlapping ROIs: the earlier one keeps the pixel
         names[label] = name
     return frames, names
+
+
+def references(path: str | Path) -> tuple[set[str], set[str]]:
+    """SOP Instance UIDs and Series Instance UIDs a SEG or RTSTRUCT references (its own series left out)."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(str(path), stop_before_pixels=True)
+    except Exception as exc:  # noqa: BLE001 - pydicom raises several types for broken files
+        raise MedshotError(f"cannot read DICOM header ({type(exc).__name__}: {exc})", Path(path)) from exc
+    instances: set[str] = set()
+    series: set[str] = set()
+
+    def visit(_, elem) -> None:
+        if elem.keyword == "ReferencedSOPInstanceUID":
+            instances.add(str(elem.value))
+        elif elem.keyword == "SeriesInstanceUID":  # inside the referenced-series sequences
+            series.add(str(elem.value))
+
+    ds.walk(visit)
+    series.discard(str(getattr(ds, "SeriesInstanceUID", "")))
+    return instances, series
+
+
+def find_referenced_source(path: str | Path, max_files: int = 5000) -> Path | None:
+    """The DICOM series folder or single file that a SEG or RTSTRUCT at ``path`` was drawn on, when it lies near.
+
+    Looked for, in this order: the one DICOM image file beside it that it references (a 2D
+    image), a series folder inside its folder, a series folder beside its folder (a sibling). A
+    SEG or RTSTRUCT saved inside its series' folder is not matched (that folder then holds two
+    series). A folder or file counts when it holds
+    an instance or is of a series the object references (SOP / Series Instance UID; headers only; at most
+    ``max_files`` headers are read). None when nothing near is referenced.
+    """
+    import pydicom
+
+    from .dicom import dicom_files, is_dicom_series_dir
+
+    path = Path(path).resolve()
+    instances, series = references(path)
+    if not instances and not series:
+        return None
+    here = path.parent
+    singles = [f for f in dicom_files(here) if f != path]
+    folders = [d for d in sorted(here.iterdir()) if d.is_dir()]
+    folders += [d for d in sorted(here.parent.iterdir()) if d.is_dir() and d != here] if here.parent != here else []
+    budget = max_files
+
+    def referenced(files: list[Path]) -> bool:
+        nonlocal budget
+        for f in files:
+            if budget <= 0:
+                return False
+            budget -= 1
+            try:
+                ds = pydicom.dcmread(str(f), stop_before_pixels=True,
+                                     specific_tags=["SOPInstanceUID", "SeriesInstanceUID"])
+            except Exception:  # noqa: BLE001 - an unreadable neighbour is simply not the source
+                continue
+            if str(getattr(ds, "SOPInstanceUID", "")) in instances or str(getattr(ds, "SeriesInstanceUID", "")) \
+                    in series:
+                return True
+        return False
+
+    beside = [f for f in singles if referenced([f]) and dicom_label_kind(f) is None]
+    if len(beside) == 1:  # several: a series folder the object was put into, which is not one series
+        return beside[0]
+    for folder in folders:
+        if is_dicom_series_dir(folder) and referenced(dicom_files(folder)[:1]):
+            return folder
+    return None
