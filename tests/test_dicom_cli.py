@@ -95,3 +95,37 @@ def test_template_from_seg_or_rtstruct_equals_template_from_nifti(case, segmente
                                   np.asarray(nib.load(segmented / "target01_mask.nii.gz").dataobj))
     assert [d.SegmentLabel for d in pydicom.dcmread(out / "target01_seg.dcm").SegmentSequence] == \
         ["upper organ", "lower organ"]  # the names came from the DICOM file
+
+
+def test_a_single_2d_dicom_file_target_gets_seg_and_rtstruct(template_files, phantom, tmp_path):
+    """One single-frame file with patient geometry: its SEG and RTSTRUCT hold exactly the written mask."""
+    from PIL import Image
+
+    from medshot.data.dicom_labels import find_referenced_source, read_dicom_labels
+
+    image, mask, _ = template_files
+    (names := tmp_path / "names.csv").write_text("label,name\n1,disc\n2,ring\n")
+    assert main(["template", str(image), "--mask", str(mask), "--label-names", str(names),
+                 "--out", str(tmp_path / "t.json")]) == 0
+    h, w = phantom.image.shape
+    aff = grid_affine((h, w, 1), (0.7, 0.6, 3.0), (5, -8, 40), axcodes="PRI")  # rows posterior, columns right
+    (target,) = write_dicom_series(phantom.image[:, :, None] * 1000.0, aff, tmp_path / "dcm")
+    out = tmp_path / "out"
+    assert main(["segment", "--template", str(tmp_path / "t.json"), "--out", str(out), str(target), "--quiet"]) == 0
+    stem = target.stem
+    written = np.asarray(Image.open(out / f"{stem}_mask.png"))
+    assert written.shape == (h, w) and (written > 0).sum() > 100  # a real segmentation to carry
+    source = pydicom.dcmread(target)
+    like = read_image(target)
+    for kind in ("seg", "rtstruct"):
+        path = out / f"{stem}_{kind}.dcm"
+        ds = pydicom.dcmread(path)
+        assert (ds.FrameOfReferenceUID, ds.StudyInstanceUID) == (source.FrameOfReferenceUID, source.StudyInstanceUID)
+        labels, label_names = read_dicom_labels(path, like)
+        assert label_names == {1: "disc", 2: "ring"}
+        # same pixels, same labels: SEG frames and the filled 0.5 iso-line contours give the mask back exactly
+        np.testing.assert_array_equal(labels, written, err_msg=kind)
+        assert find_referenced_source(path) == target  # as the napari reader finds the image (a sibling folder)
+    seg = pydicom.dcmread(out / f"{stem}_seg.dcm")
+    refs = {r.ReferencedSOPInstanceUID for s in seg.ReferencedSeriesSequence for r in s.ReferencedInstanceSequence}
+    assert refs == {source.SOPInstanceUID} and int(seg.NumberOfFrames) == 2  # one frame per segment

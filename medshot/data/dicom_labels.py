@@ -121,7 +121,8 @@ def find_referenced_source(path: str | Path, max_files: int = 5000) -> Path | No
     """The DICOM series folder or single file that a SEG or RTSTRUCT at ``path`` was drawn on, when it lies near.
 
     Looked for, in this order: the one DICOM image file beside it that it references (a 2D
-    image), a series folder inside its folder, a series folder beside its folder (a sibling). A
+    image), then in the folders inside its folder and beside it (siblings): a series folder, or
+    the one referenced file of a folder that is not a series. A
     SEG or RTSTRUCT saved inside its series' folder is not matched (that folder then holds two
     series). A folder or file counts when it holds
     an instance or is of a series the object references (SOP / Series Instance UID; headers only; at most
@@ -161,6 +162,12 @@ def find_referenced_source(path: str | Path, max_files: int = 5000) -> Path | No
     if len(beside) == 1:  # several: a series folder the object was put into, which is not one series
         return beside[0]
     for folder in folders:
-        if is_dicom_series_dir(folder) and referenced(dicom_files(folder)[:1]):
-            return folder
+        files = dicom_files(folder)
+        if is_dicom_series_dir(folder):
+            if referenced(files[:1]):
+                return folder
+            continue
+        hits = [f for f in files if referenced([f]) and dicom_label_kind(f) is None]  # 2D images, one a file
+        if len(hits) == 1:
+            return hits[0]
     return None
