@@ -185,7 +185,7 @@ def write_dicom_series(array: np.ndarray, affine: np.ndarray, folder, slope: flo
     dx, dy = float(np.linalg.norm(col_step)), float(np.linalg.norm(row_step))
     iop = list(col_step / dx) + list(row_step / dy)  # along a row, then down a column
     series_uid = series_uid or generate_uid()
-    study_uid = generate_uid()
+    study_uid, frame_of_reference = generate_uid(), generate_uid()
     n = array.shape[2]
     rng = np.random.default_rng(shuffle_seed) if shuffle_seed is not None else None
     names = [f"slice_{k:04d}.dcm" for k in range(n)]
@@ -206,6 +206,8 @@ def write_dicom_series(array: np.ndarray, affine: np.ndarray, folder, slope: flo
         ds.StudyInstanceUID = study_uid
         ds.SeriesInstanceUID = series_uid
         ds.Modality = modality
+        ds.PatientName, ds.PatientID, ds.StudyDate, ds.StudyTime = "Phantom^Synthetic", "medshot-phantom", "", ""
+        ds.FrameOfReferenceUID = frame_of_reference
         ds.InstanceNumber = int(instance[k])
         ds.ImagePositionPatient = [float(v) for v in lps[:3, 3] + k * slice_step]
         ds.ImageOrientationPatient = [float(v) for v in iop]

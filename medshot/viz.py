@@ -25,7 +25,8 @@ def label_color(label: int) -> np.ndarray:
 
 
 def overlay(image: np.ndarray, label_map: np.ndarray | None = None, points: np.ndarray | None = None,
-            truth: np.ndarray | None = None, alpha: float = 0.35, max_side: int | None = 1024) -> np.ndarray:
+            truth: np.ndarray | None = None, alpha: float = 0.35, max_side: int | None = 1024,
+            label_names: dict[int, str] | None = None, point_names: list[str] | None = None) -> np.ndarray:
     """Gray image with filled, outlined labels and landmark crosses, as RGB uint8.
 
     Parameters
@@ -41,6 +42,10 @@ def overlay(image: np.ndarray, label_map: np.ndarray | None = None, points: np.n
     max_side : int or None
         Longest side of the picture: larger images are shrunk to it, images under 256 pixels are
         enlarged to 256; None keeps the image's size.
+    label_names : dict, optional
+        Label -> name: a legend panel on the right lists the labels present (colour swatch, name).
+    point_names : list of str, optional
+        Landmark names, listed in the legend under their numbers.
     """
     from PIL import Image, ImageDraw
 
@@ -85,7 +90,44 @@ def overlay(image: np.ndarray, label_map: np.ndarray | None = None, points: np.n
             draw.line([x - r, y, x + r, y], fill=(255, 40, 40), width=2)
             draw.line([x, y - r, x, y + r], fill=(255, 40, 40), width=2)
             draw.text((x + r + 1, y - r - 1), str(i + 1), fill=(255, 80, 80))
-    return np.asarray(pil)
+    pic = np.asarray(pil)
+    entries = []
+    if label_names is not None and label_map is not None:
+        entries += [(label_names.get(int(v), f"label {int(v)}"), tuple(label_color(v)))
+                    for v in np.unique(label_map) if v != 0]
+    if point_names is not None:
+        entries += [(f"{i + 1} {name}", (255, 40, 40)) for i, name in enumerate(point_names)]
+    return with_legend(pic, entries) if entries else pic
+
+
+def with_legend(picture: np.ndarray, entries: list[tuple[str, tuple[int, int, int]]]) -> np.ndarray:
+    """``picture`` (H, W, 3) with a black legend panel on its right: a colour swatch and a name per entry.
+
+    Long lists wrap into further columns so the panel never grows taller than the picture (at least
+    one entry per column).
+    """
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default(size=12)
+    line, swatch, pad = 16, 10, 6
+    H = picture.shape[0]
+    per_column = max(1, (H - 2 * pad) // line)
+    columns = [entries[i:i + per_column] for i in range(0, len(entries), per_column)]
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    widths = [max(probe.textlength(text, font=font) for text, _ in col) for col in columns]
+    width = int(sum(w + swatch + 3 * pad for w in widths)) + pad
+    height = max(H, pad * 2 + line * min(len(entries), per_column))
+    canvas = Image.new("RGB", (picture.shape[1] + width, height), (0, 0, 0))
+    canvas.paste(Image.fromarray(np.ascontiguousarray(picture[..., :3])), (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    x0 = picture.shape[1] + pad
+    for col, w in zip(columns, widths):
+        for k, (text, rgb) in enumerate(col):
+            y = pad + k * line
+            draw.rectangle([x0, y + 2, x0 + swatch, y + 2 + swatch], fill=tuple(int(c) for c in rgb))
+            draw.text((x0 + swatch + pad, y), text, fill=(235, 235, 235), font=font)
+        x0 += int(w) + swatch + 3 * pad
+    return np.asarray(canvas)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -105,7 +147,8 @@ def plane(volume: np.ndarray, axis: int, index: int) -> np.ndarray:
 
 
 def structure_overlay(volume: np.ndarray, labels: np.ndarray, label: int, spacing: np.ndarray,
-                      value_range: tuple[float, float] | None = None, min_side: int = 256) -> np.ndarray | None:
+                      value_range: tuple[float, float] | None = None, min_side: int = 256,
+                      name: str | None = None) -> np.ndarray | None:
     """Axial, coronal and sagittal planes through a structure's centroid, side by side (RGB uint8).
 
     Parameters
@@ -119,6 +162,8 @@ def structure_overlay(volume: np.ndarray, labels: np.ndarray, label: int, spacin
         so the three share one physical scale.
     value_range : (low, high), optional
         Raw intensities shown as black and white (default: robust percentiles of ``volume``).
+    name : str, optional
+        The structure's name, shown in a legend beside the planes.
     """
     from skimage.transform import resize
 
@@ -157,4 +202,36 @@ def structure_overlay(volume: np.ndarray, labels: np.ndarray, label: int, spacin
     for p in panels:
         pad = np.zeros((height - p.shape[0], p.shape[1], 3), np.uint8)
         row += [np.vstack([p, pad]), gap]
-    return np.hstack(row[:-1])
+    pic = np.hstack(row[:-1])
+    return with_legend(pic, [(name, tuple(label_color(label)))]) if name else pic
+
+
+def landmark_overlay(volume: np.ndarray, points: np.ndarray, names: list[str], spacing: np.ndarray,
+                     value_range: tuple[float, float] | None = None) -> np.ndarray | None:
+    """Volumes: for each landmark, axial, coronal and sagittal planes through it, one row per landmark.
+
+    Parameters
+    ----------
+    points : ndarray (N, 3)
+        Landmarks, indices of the canonical (RAS+) ``volume``.
+    names : list of str
+        Their names (the legend of each row).
+    """
+    rows = []
+    value_range = value_range if value_range is not None else intensity_range(volume)
+    radius = max(1.5, 2.0 / float(np.min(spacing)))  # a dot of ~2 mm, at least a few voxels
+    margin = np.ceil(40.0 / np.asarray(spacing, float)).astype(int)  # 40 mm of context each side
+    for i, (p, name) in enumerate(zip(np.asarray(points, float), names)):
+        lo = np.clip(np.round(p).astype(int) - margin, 0, np.array(volume.shape) - 1)
+        hi = np.clip(np.round(p).astype(int) + margin + 1, lo + 1, volume.shape)
+        box = tuple(slice(a, b) for a, b in zip(lo, hi))
+        grid = np.indices(tuple(hi - lo), sparse=True)
+        dot = sum((g - c) ** 2 for g, c in zip(grid, p - lo)) <= radius ** 2
+        pic = structure_overlay(volume[box], dot.astype(np.uint8) * (i + 1), i + 1, spacing, value_range,
+                                name=f"{i + 1} {name}")
+        if pic is not None:
+            rows.append(pic)
+    if not rows:
+        return None
+    width = max(r.shape[1] for r in rows)
+    return np.vstack([np.hstack([r, np.zeros((r.shape[0], width - r.shape[1], 3), np.uint8)]) for r in rows])

@@ -12,6 +12,7 @@ world mm), the size columns of the results table, and the overlays (:mod:`medsho
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 from pathlib import Path
@@ -50,6 +51,9 @@ def add_parser(sub) -> None:
                        help="per target, fuse only the K templates whose correspondences verify best (default: all)")
         g.add_argument("--fusion", choices=["local", "vote"], default="local",
                        help="label maps: vote weighted per pixel by local similarity (default) or per template only")
+        if name == "segment":
+            p.add_argument("--no-dicom-out", action="store_true",
+                           help="DICOM targets: do not write the DICOM SEG and RTSTRUCT beside the label map")
         _add_batch_options(p)
 
 
@@ -99,12 +103,14 @@ def cmd_localize(args: argparse.Namespace) -> int:
     ndim = shot.ndim
     files = check_targets(args, ndim)
     stems = refuse_colliding_stems(files)
-    refuse_overwriting_inputs(args.out, [s + ".mrk.json" for s in stems], [*args.template, *template_files(shot)])
+    refuse_overwriting_inputs(args.out, [n for s in stems for n in (s + ".mrk.json", s + "_overlay.png")],
+                              [*args.template, *template_files(shot), *files])
     spec = BatchSpec("localize", "landmarks.csv", LANDMARKS_HEADER[ndim], localize_work, _unit(ndim))
     return _run(args, spec, shot, files)
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
+    from ..data.read import suffix
     from .batch import BatchSpec
 
     check_batch_options(args)
@@ -122,8 +128,17 @@ def cmd_segment(args: argparse.Namespace) -> int:
         names += [stem + "_overlay.png" for stem in stems]
     else:
         names += [f"{stem}_label{values.get(label, label)}_overlay.png" for stem in stems for label in t.labels]
+    dicom = not args.no_dicom_out and any(f.is_dir() or suffix(f) in (".dcm", ".dicom") for f in files)
+    if dicom:
+        from ..data.dicom_out import EXTRA, RTSTRUCT_SUFFIX, SEG_SUFFIX, dicom_writers_installed
+
+        names += [stem + s for stem in stems for s in (SEG_SUFFIX, RTSTRUCT_SUFFIX)]
+        if not dicom_writers_installed():  # said once, here, rather than once per target
+            print(f"medshot: note: DICOM SEG/RTSTRUCT are not written: {EXTRA} adds them", file=sys.stderr)
+            dicom = False
     refuse_overwriting_inputs(args.out, names, [*args.template, *template_files(shot), *files])
-    spec = BatchSpec("segment", "results.csv", RESULTS_HEADER[ndim], segment_work, _unit(ndim))
+    work = functools.partial(segment_work, dicom_out=dicom)
+    spec = BatchSpec("segment", "results.csv", RESULTS_HEADER[ndim], work, _unit(ndim))
     return _run(args, spec, shot, files)
 
 
@@ -296,8 +311,10 @@ def _load(shot, path: Path):
 
 def localize_work(shot, path: Path) -> tuple[dict[str, bytes], list[list]]:
     """One target of ``medshot localize``: a 3D Slicer ``<stem>.mrk.json`` and one row per landmark."""
+    from ..core.intensity import intensity_range
     from ..data.markups import markups_bytes
     from ..pipeline import score_status
+    from .pictures import landmark_pictures
 
     image = _load(shot, path)
     result = shot.localize(image)
@@ -305,6 +322,7 @@ def localize_work(shot, path: Path) -> tuple[dict[str, bytes], list[list]]:
     descriptions = [f"medshot confidence {lm.confidence:.3f} ({score_status(lm.confidence)})"
                     for lm in result.landmarks]
     files = {image.stem + ".mrk.json": markups_bytes(image, names, result.landmark_points, descriptions)}
+    files.update(landmark_pictures(image, result.landmark_points, names, intensity_range(image.array, shot.window)))
     return files, [[lm.name, *landmark_columns(image, lm), round(lm.confidence, 4), *template_weights(shot, result),
                     score_status(lm.confidence), lm.reason] for lm in result.landmarks]
 
@@ -329,11 +347,13 @@ def landmark_columns(image, landmark) -> list[float]:
     return [round(float(v), 3) for v in ijk] + [round(float(v), 3) for v in landmark.world]
 
 
-def segment_work(shot, path: Path) -> tuple[dict[str, bytes], list[list]]:
-    """One target of ``medshot segment``: its label map (in its own geometry), overlays, one row per label."""
+def segment_work(shot, path: Path, dicom_out: bool = True) -> tuple[dict[str, bytes], list[list]]:
+    """One target of ``medshot segment``: its label map (in its own geometry), overlays (and, for a DICOM
+    target unless ``dicom_out`` is False, a DICOM SEG and RTSTRUCT), one row per label."""
     from ..core.intensity import intensity_range
     from ..data.write import file_label_values, label_map_bytes, mask_suffix
     from ..pipeline import score_status
+    from .pictures import dicom_results, label_names, segment_pictures
 
     image = _load(shot, path)
     start = time.perf_counter()
@@ -344,7 +364,10 @@ def segment_work(shot, path: Path) -> tuple[dict[str, bytes], list[list]]:
     values = t.label_values
     labels = sorted(set(result.scores) | set(t.labels)) or sorted(int(v) for v in np.unique(label_map) if v)
     files = {image.stem + mask_suffix(image): label_map_bytes(file_label_values(label_map, values), image)}
-    files.update(overlays(image, label_map, labels, values, intensity_range(image.array, shot.window)))
+    files.update(segment_pictures(image, label_map, labels, values, label_names(t, labels, values),
+                                  intensity_range(image.array, shot.window)))
+    if dicom_out:
+        files.update(dicom_results(image, label_map, t, labels, values))
     rows = []
     for label in labels:
         score = result.scores.get(label, 0.0)
@@ -359,21 +382,3 @@ def segment_work(shot, path: Path) -> tuple[dict[str, bytes], list[list]]:
 def voxel_ml(image) -> float:
     """Volume of one voxel in millilitres."""
     return float(abs(np.linalg.det(image.affine[:3, :3]))) / 1000.0
-
-
-def overlays(image, label_map: np.ndarray, labels: list[int], values: dict[int, int],
-             value_range: tuple[float, float]) -> dict[str, bytes]:
-    """PNG pictures of a result: 2D ``<stem>_overlay.png``; volumes ``<stem>_label<value>_overlay.png``
-    per structure, three orthogonal planes through it."""
-    from ..core.intensity import apply_range
-    from ..data.write import png_bytes
-    from ..viz import overlay, structure_overlay
-
-    if image.ndim == 2:
-        return {image.stem + "_overlay.png": png_bytes(overlay(apply_range(image.array, value_range), label_map))}
-    out = {}
-    for label in labels:
-        pic = structure_overlay(image.array, label_map, label, image.spacing, value_range)
-        if pic is not None:
-            out[f"{image.stem}_label{values.get(label, label)}_overlay.png"] = png_bytes(pic)
-    return out

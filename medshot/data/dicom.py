@@ -20,11 +20,12 @@ from .image import RAS_FROM_LPS, Image, from_array
 # Relative tolerance on the spacing between consecutive DICOM slices; beyond it slices are missing.
 SLICE_GAP_TOLERANCE = 0.05
 
-# Packages that add pydicom decoders, by transfer syntax UID prefix (pydicom decodes the rest itself).
+# Packages that add pydicom decoders, by transfer syntax UID prefix (pydicom decodes the rest itself);
+# the ``dicom`` extra installs the permissively licensed ones (not GPL pylibjpeg-libjpeg).
 _DICOM_DECODERS = (
     (("1.2.840.10008.1.2.4.9", "1.2.840.10008.1.2.4.20"), "pylibjpeg pylibjpeg-openjpeg"),  # JPEG 2000, HTJ2K
-    (("1.2.840.10008.1.2.4.8",), "pylibjpeg pylibjpeg-libjpeg"),  # JPEG-LS
-    (("1.2.840.10008.1.2.4.",), "pylibjpeg pylibjpeg-libjpeg"),  # JPEG baseline, extended, lossless
+    (("1.2.840.10008.1.2.4.8",), "pyjpegls"),  # JPEG-LS
+    (("1.2.840.10008.1.2.4.",), "python-gdcm"),  # JPEG baseline, extended, lossless
     (("1.2.840.10008.1.2.5",), "pylibjpeg pylibjpeg-rle"),  # RLE
 )
 
@@ -51,11 +52,13 @@ def dicom_pixels(ds, path: str | Path) -> np.ndarray:
                         "pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg")
         if _decoder_missing(syntax):
             raise MedshotError(f"DICOM pixel data is compressed ({syntax.name}, {syntax}) and no installed decoder "
-                               f"reads it; `pip install {packages}` (or python-gdcm) adds one", path) from exc
+                               f'reads it; `pip install "medshot[dicom]"` adds decoders (or `pip install {packages}`)',
+                               path) from exc
         # A decoder is there but fails (Pillow reads no 12-bit JPEG, some JPEG 2000 streams): another may not.
         reason = " ".join(str(exc).split("plugins:")[-1].split())[:160]
         raise MedshotError(f"DICOM pixel data ({syntax.name}) could not be decoded by the installed decoders "
-                           f"({reason}); `pip install {packages}` (or python-gdcm) may read it", path) from exc
+                           f'({reason}); `pip install "medshot[dicom]"` (or `pip install {packages}`) may read it',
+                           path) from exc
 
 
 def looks_like_dicom(path: Path) -> bool:

@@ -239,6 +239,10 @@ def read_label_map(path: str | Path, like: Image) -> tuple[np.ndarray, dict[int,
     CT-sized label map is then 150 MB rather than 300 MB).
     """
     path = Path(path)
+    from .dicom_labels import dicom_label_kind, read_dicom_labels
+
+    if dicom_label_kind(path):  # a DICOM SEG or RT Structure Set drawn on ``like``
+        return read_dicom_labels(path, like)[0], {}
     source = like.source
     if like.ndim == 2 and source is not None and source.slice_index is not None and suffix(path) in NIFTI_SUFFIXES:
         labels = read_image(path, source.slice_index, 2 if source.slice_axis is None else source.slice_axis)

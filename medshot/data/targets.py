@@ -17,7 +17,7 @@ from .read import DICOM_SUFFIXES, IMAGE_SUFFIXES, NIFTI_SUFFIXES, is_image_path,
 
 RUN_RECORD = "medshot-run.json"
 # Names medshot gives its own outputs: never taken as targets when a folder is listed.
-OUTPUT_NAME = re.compile(r".*_(mask|overlay|label\d+_overlay)\.(png|nii|nii\.gz)$", re.IGNORECASE)
+OUTPUT_NAME = re.compile(r".*_((mask|overlay|label\d+_overlay)\.(png|nii|nii\.gz)|(seg|rtstruct)\.dcm)$", re.IGNORECASE)
 
 
 def is_output_folder(folder: Path) -> bool:

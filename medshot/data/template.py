@@ -217,6 +217,8 @@ class Template:
         if landmarks_file is not None:
             template.landmarks = read_landmarks(landmarks_file, image, image_name=Path(image_path).name)
         mask = template.mask
+        if mask is not None and label_names is None:
+            label_names = _dicom_label_names(mask_path, image)
         if mask is not None:
             template.labels = choose_labels(mask, labels, label_names, mask_path)
             template.prompts = [PromptPoints(label, *sample_prompts(mask == label, n_positive, n_negative))
@@ -225,6 +227,13 @@ class Template:
             raise MedshotError("--labels needs --mask")
         template.validate()
         return template
+
+
+def _dicom_label_names(mask_path, image: Image) -> dict[int, str] | None:
+    """A DICOM SEG's segment labels or an RTSTRUCT's ROI names (None for other mask files)."""
+    from .dicom_labels import dicom_label_kind, read_dicom_labels
+
+    return read_dicom_labels(mask_path, image)[1] if dicom_label_kind(mask_path) else None
 
 
 def read_template_json(json_path: Path) -> dict:

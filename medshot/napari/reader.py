@@ -5,6 +5,16 @@ image layer; a template JSON (2D or volume) opens as its image plus its label ma
 and landmarks; a 3D Slicer markups file (``.mrk.json``, ``.fcsv``) opens as a Points layer in LPS
 millimetres, which is where :mod:`.layers` puts volumes (napari world ``(z, y, x)`` = LPS) and
 raster images (``(y, x)`` = LPS, see :mod:`medshot.data.markups`).
+
+A DICOM SEG or RT Structure Set opens as a Labels layer (label names = segment labels / ROI
+names) on the grid of the image it was drawn on, which the reader takes from (1) a DICOM series
+folder or file read in the same call (``viewer.open([series, seg], stack=True)``, or
+:func:`read` given both) that it references, else (2) an image layer of that series already
+open in the current viewer (open the series, then the SEG), else (3) the image it references found near it
+(:func:`medshot.data.dicom_labels.find_referenced_source`: a DICOM file beside it, a series folder
+inside its folder or beside that folder), whose image layer is then added too. Neither SEG nor
+RTSTRUCT carries a full image grid of its own (an RTSTRUCT holds only contours), so without its
+image it is refused with one line saying so.
 """
 
 from __future__ import annotations
@@ -16,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.errors import MedshotError
-from .layers import LayerData, frame_for, image_layer, template_layers
+from .layers import Frame, LayerData, frame_for, frame_of, image_layer, mask_layer, role_of, template_layers
 
 PathOrPaths = str | Sequence[str]
 
@@ -64,14 +74,22 @@ def read(path: PathOrPaths) -> list[LayerData]:
     MedshotError
         A path medshot cannot read, with the reason.
     """
-    paths = [path] if isinstance(path, (str, Path)) else list(path)
+    from ..data.dicom_labels import dicom_label_kind
+
+    paths = [Path(p) for p in ([path] if isinstance(path, (str, Path)) else path)]
+    structures = [p for p in paths if p.is_file() and dicom_label_kind(p) is not None]
     layers: list[LayerData] = []
-    for p in map(Path, paths):
-        layers.extend(read_one(p))
+    opened: dict[Path, Frame] = {}  # DICOM images opened in this call, which structures may lie on
+    for p in paths:
+        if p not in structures:
+            layers.extend(read_one(p, opened))
+    for p in structures:
+        layers.extend(structure_layers(p, list(opened.values())))
     return layers
 
 
-def read_one(path: Path) -> list[LayerData]:
+def read_one(path: Path, opened: dict | None = None) -> list[LayerData]:
+    """One image, volume, template or markups file's layers; DICOM images' frames are noted in ``opened``."""
     from ..data.markups import is_markups_path
     from ..data.read import read_image
 
@@ -79,7 +97,55 @@ def read_one(path: Path) -> list[LayerData]:
         return [markups_layer(path)]
     if path.name.lower().endswith(".json"):
         return read_template(path)
-    return [image_layer(frame_for(read_image(path)), _stem(path))]
+    frame = frame_for(read_image(path))
+    if opened is not None and frame.source.kind == "dicom":
+        opened[path] = frame
+    return [image_layer(frame, _stem(path))]
+
+
+def structure_layers(path: Path, frames: Sequence[Frame]) -> list[LayerData]:
+    """A SEG or RTSTRUCT as a Labels layer on the image it references (module docstring: which image).
+
+    The image is the first of ``frames``' images that the object references; else the one found
+    near the file, whose image layer comes first in the result. The Labels layer shares the
+    image layer's frame and has the role ``mask``, so the template panel takes it as that image's
+    label map.
+    """
+    from ..data.dicom_labels import find_referenced_source, read_dicom_labels, references
+    from ..data.dicom_out import dicom_sources
+    from ..data.read import read_image
+
+    instances, series = references(path)
+    layers: list[LayerData] = []
+    frame = None
+    for candidate in [*frames, *_open_frames()]:
+        sources = dicom_sources(candidate.source) or []
+        if any(s.SOPInstanceUID in instances or s.SeriesInstanceUID in series for s in sources):
+            frame = candidate
+            break
+    if frame is None:
+        source = find_referenced_source(path)
+        if source is None:
+            raise MedshotError("found no DICOM image it was drawn on (a DICOM file beside it, or a series folder "
+                               "in or beside its folder); open it together with that series", path)
+        frame = frame_for(read_image(source))
+        layers.append(image_layer(frame, _stem(source)))
+    labels, names = read_dicom_labels(path, frame.source)
+    layers.append(mask_layer(frame, labels, names, name=_stem(path), source=str(path)))
+    return layers
+
+
+def _open_frames() -> list[Frame]:
+    """Frames of the DICOM image layers open in the current napari viewer (none outside napari)."""
+    try:
+        import napari
+    except ImportError:
+        return []
+    viewer = napari.current_viewer()
+    if viewer is None:
+        return []
+    frames = [frame_of(layer) for layer in viewer.layers if role_of(layer) == "image"]
+    return [f for f in frames if f is not None and f.source.kind == "dicom"]
 
 
 def read_template(path: str | Path) -> list[LayerData]:

@@ -34,7 +34,6 @@ from .stats import (
     metric_label,
     observations,
     summarize,
-    template_means,
     timing,
 )
 
@@ -53,8 +52,7 @@ def write_report(out_dir: str | Path, rows: Sequence[dict], ctx: ReportContext) 
         ran = [m for m in ctx.methods if m in obs[metric]]
         pictures[f"box_{metric}.png"] = plot_box({m: np.array(list(obs[metric][m].values())) for m in ran}, metric,
                                                   ctx.element)
-        means = {m: template_means(obs[metric][m]) for m in ran}
-        pictures[f"templates_{metric}.png"] = plot_templates(means, metric, ctx.element)
+        pictures[f"templates_{metric}.png"] = plot_templates({m: obs[metric][m] for m in ran}, metric, ctx.element)
     primary = "dice" if "dice" in obs else ("ned" if "ned" in obs else None)
     if primary is not None:
         shown = [m for m in ctx.methods if m not in ctx.baselines][:5]
