@@ -86,8 +86,8 @@ def test_partly_nan_target_is_treated_as_missing_and_said(tmp_path, template_jso
 
 def test_constant_and_tiny_images_are_refused(tmp_path, template_json, capsys):
     cases = {"flat.png": (np.full((64, 64), 80, np.uint8), "constant"),
-             "two.png": (np.array([[0, 255], [255, 0]], np.uint8), "at least 16 pixels"),
-             "four.png": (np.arange(16, dtype=np.uint8).reshape(4, 4) * 16, "at least 16 pixels")}
+             "two.png": (np.array([[0, 255], [255, 0]], np.uint8), "at least 8 pixels"),
+             "four.png": (np.arange(16, dtype=np.uint8).reshape(4, 4) * 16, "at least 8 pixels")}
     out = tmp_path / "out"
     for name, (array, words) in cases.items():
         Image.fromarray(array).save(tmp_path / name)

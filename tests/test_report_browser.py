@@ -30,7 +30,7 @@ def test_report_page_loads_without_errors_and_displays_its_images(report, chromi
     check = check_page(report / "report.html", chromium, screenshot=shot)
     assert check.errors == []
     pictures = {p.name: Image.open(p).size[0] for p in report.glob("*.png") if p.name != "table.png"}
-    assert len(pictures) == 5  # box and template plots of Dice and NED, the overlays
+    assert len(pictures) == 6  # box and template plots of Dice and NED, the overlays, the reliability diagram
     # each embedded picture decoded at the width of the PNG beside the page
     assert sorted(check.images) == sorted((name, True, width) for name, width in pictures.items())
     assert Image.open(shot).size[0] == 1200

@@ -72,7 +72,10 @@ class Verifier:
         self.to_level = scale_matrix(np.array(self.shape, float) / np.array(image.shape, float))
         self.sigma = sigma
         self.weight = resize_image(weight, self.shape)
-        self.gradient, norm2 = edge_field(resize_image(image, self.shape), sigma)
+        # The template is brought to the comparison grid exactly as a target is at no motion (:func:`_pull`):
+        # a target identical to the template then agrees best in place, not a slightly scaled copy of it.
+        level = _pull(image, grid_coords(np.linalg.inv(self.to_level), self.shape))
+        self.gradient, norm2 = edge_field(level, sigma)
         where = self.weight > 0
         typical = float(np.median(np.sqrt(norm2[where]))) if where.any() else 1.0
         self.eps2 = (eps * max(typical, 1e-4)) ** 2
@@ -90,18 +93,22 @@ class Verifier:
         total = float(self.weight.sum())
         if total <= 0 or weight.sum() <= 0:
             return Verification(0.0, 0.0, 0.0)
-        # Smooth the target at its own resolution before sampling, at the scale the template was smoothed.
-        d = coords.shape[0]  # target pixels per level pixel: the Jacobian's geometric-mean scale
-        step = float(np.abs(np.linalg.det(_local_jacobian(coords))) ** (1.0 / d) or 1.0)
-        pulled = ndimage.map_coordinates(
-            ndimage.gaussian_filter(np.asarray(target, np.float32), max(0.5, 0.5 * step), mode="nearest"),
-            coords, order=1, mode="nearest")
-        g, n2 = edge_field(pulled, self.sigma)
+        g, n2 = edge_field(_pull(target, coords), self.sigma)
         eps2 = self.eps2
         agree = (g * self.gradient).sum(0) ** 2 / ((n2 + eps2) * self.norm2)
         agreement = float((agree * weight).sum() / weight.sum())
         fraction = float(weight.sum() / total)
         return Verification(agreement * np.sqrt(fraction), agreement, fraction)
+
+
+def _pull(image: np.ndarray, coords: np.ndarray) -> np.ndarray:
+    """``image`` sampled at ``coords`` ``(ndim, *level shape)``, smoothed first at its own resolution at the
+    scale of the sampling (the Jacobian's geometric-mean step, at least half a pixel)."""
+    d = coords.shape[0]
+    step = float(np.abs(np.linalg.det(_local_jacobian(coords))) ** (1.0 / d) or 1.0)
+    return ndimage.map_coordinates(
+        ndimage.gaussian_filter(np.asarray(image, np.float32), max(0.5, 0.5 * step), mode="nearest"),
+        coords, order=1, mode="nearest")
 
 
 def _local_jacobian(coords: np.ndarray) -> np.ndarray:
