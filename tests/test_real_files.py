@@ -66,7 +66,15 @@ def _readable() -> dict[str, list[Path]]:
 VOLUMES: set[Path] = set()
 READABLE = _readable()
 # Volumes take 5-100 s each here (2D files about 1-4 s): marked slow, so that `-m "not slow"` leaves them out.
-SELF_CASES = [pytest.param(paths, id=_ident(paths[0]), marks=[pytest.mark.slow] if paths[0] in VOLUMES else [])
+# Known misses, measured and reported (issue 21's closing note): on dose grids of 10 x 10 pixels, upsampled
+# 13x onto the working grid, the edge-agreement criterion peaks at a placement 1.7 pixels off (Dice 0.42, the
+# label flagged at score 0.32). Strict: the test says so as soon as they pass.
+TOO_SMALL_TO_VERIFY = {"rtdose_1frame.dcm", "rtdose.dcm"}
+SELF_CASES = [pytest.param(paths, id=_ident(paths[0]),
+                           marks=([pytest.mark.slow] if paths[0] in VOLUMES else [])
+                           + ([pytest.mark.xfail(strict=True, reason="10 x 10 pixel dose grid: verification peaks "
+                                                                     "off place (measured, reported)")]
+                              if paths[0].name in TOO_SMALL_TO_VERIFY else []))
               for paths in READABLE.values()]
 
 
