@@ -37,6 +37,7 @@ from medshot.evaluation.runner import Runner
 from medshot.pipeline.confidence import (
     LABEL_FEATURES,
     LANDMARK_FEATURES,
+    LANDMARK_FEATURES_3D,
     LabelEvidence,
     LandmarkEvidence,
     features,
@@ -228,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
             for auc, sub in select(rows, [f.name for f in fields(cls)], groups, args.l2)[:10]:
                 print(f"#   held-out AUC {auc:.3f}: {', '.join(sub)}")
             continue
+        chosen = LANDMARK_FEATURES_3D if kind == "landmark" and ndim == 3 else chosen
         model = fit(rows, list(chosen), groups, args.l2)
         held = held_out(rows, list(chosen), groups, args.l2)
         print(f"# refitted: held-out AUC {roc_auc(held, wrong):.3f}, "

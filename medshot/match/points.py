@@ -116,7 +116,7 @@ def _patch_queries(fmap: FeatureMap, point: np.ndarray, offsets: np.ndarray) -> 
 def match_points(template: FeatureMap, target: FeatureMap, template_points: np.ndarray,
                  initial: np.ndarray | None = None, radius: float | None = None,
                  prior_sigma: float | None = None, patch_radius: float = 4.0,
-                 patch_step: float = 2.0, keep_gain: float = 0.25, min_distinct: float = 0.1) -> PointMatches:
+                 patch_step: float = 2.0, keep_gain: float = 0.0, min_distinct: float = 0.1) -> PointMatches:
     """Find template points in the target by descriptor similarity.
 
     Parameters
@@ -136,8 +136,11 @@ def match_points(template: FeatureMap, target: FeatureMap, template_points: np.n
         With ``initial``, a point moves to the peak only where the evidence there is distinctive: the
         window's peak stands out from its median by at least ``min_distinct`` (as a fraction of the
         room above the median), and it beats the expected position by more than ``keep_gain`` of that
-        contrast. Elsewhere (a flat region, or an expected position about as good as the peak) the
-        expected position stands: a centroid in a uniform organ has no descriptor evidence to move by.
+        contrast. Elsewhere (a flat region) the expected position stands: a centroid in a uniform organ
+        has no descriptor evidence to move by. Chosen on the tune half (cephalogram landmarks, the
+        hippocampus and ACDC label centroids): ``min_distinct`` 0.1 left every median error as it was
+        without the rule, and any ``keep_gain`` above 0 made them worse (ceph median NED 0.0058 ->
+        0.0064 at 0.25), so it is 0.
     """
     d = target.ndim
     template_points = np.asarray(template_points, np.float64).reshape(-1, d)
