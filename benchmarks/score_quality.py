@@ -65,9 +65,16 @@ def main(argv: list[str] | None = None) -> int:
           "median NED | landmark AUC | landmark ECE | NED<=0.02 but flagged |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     tasks = sorted({c.parent.name for run in args.runs for c in run.glob("*/cases.csv")})
-    for task in tasks:
+    for run in args.runs:  # every task's rows together
+        pooled = run / ".pooled.csv"
+        lines = [open(c).read().splitlines() for c in sorted(run.glob("*/cases.csv"))]
+        if lines:
+            header = lines[0][0]
+            rows = [ln for f in lines if f and f[0] == header for ln in f[1:]]
+            pooled.write_text("\n".join([header, *rows]) + "\n")
+    for task in [*tasks, "all tasks"]:
         for run in args.runs:
-            cases = run / task / "cases.csv"
+            cases = run / ".pooled.csv" if task == "all tasks" else run / task / "cases.csv"
             if not cases.exists():
                 continue
             q = quality(cases, args.method)
