@@ -232,15 +232,20 @@ class OneShot:
         fmap, features = self.describe.prepare(work, normalized)
         return Prepared(image, grid, work, fmap, features)
 
-    def correspond(self, target) -> tuple[Stage, Prepared, Correspondence]:
-        """The template stage, the prepared target and their verified correspondence."""
+    def correspond(self, target, deform: bool = True) -> tuple[Stage, Prepared, Correspondence]:
+        """The template stage, the prepared target and their verified correspondence.
+
+        With ``deform=False`` the correspondence stops at the verified affine choice (the last stage's);
+        :meth:`deform` then finishes it exactly as ``deform=True`` would have (how several templates are
+        ranked before only the best are deformed).
+        """
         image = self.load(target)
         value_range = intensity_range(image.array, self.window)
         if self.ndim == 2:
             stage = self._stages[self._stage_key]
             prepared = self.prepare(image, planar_grid(image.shape, self.min_work_size, self.work_size),
                                     value_range)
-            return stage, prepared, self._match(stage, prepared)
+            return stage, prepared, self._match(stage, prepared, deform=deform)
         plan = self.plan
         assert plan is not None
         spacing = capped_spacing(image.spacing, image.shape, plan.coarse_spacing, self.max_work_voxels)
@@ -248,7 +253,7 @@ class OneShot:
         target = self.prepare(image, spaced_grid(image.spacing, spacing, np.zeros(3), np.array(image.shape)),
                               value_range)
         if not plan.two_stage:
-            return coarse, target, self._match(coarse, target)
+            return coarse, target, self._match(coarse, target, deform=deform)
         placed = self._match(coarse, target, deform=False)
         fine = self._stages[("fine", plan.fine_spacing)]
         # Every coarse candidate is refined on the fine stage and the choice is verified there: at the
@@ -265,7 +270,11 @@ class OneShot:
             if best is None or corr.score > best[1].score:
                 best = (boxed, corr)
         boxed, corr = best
-        return fine, boxed, deform_verified(fine.side, boxed.work, boxed.features, corr)
+        return fine, boxed, self.deform(fine, boxed, corr) if deform else corr
+
+    def deform(self, stage: Stage, prepared: Prepared, corr: Correspondence) -> Correspondence:
+        """A correspondence from ``correspond(..., deform=False)`` deformed and verified (``deform_verified``)."""
+        return deform_verified(stage.side, prepared.work, prepared.features, corr)
 
     def _match(self, stage: Stage, target: Prepared, initial: np.ndarray | None = None,
                deform: bool = True) -> Correspondence:
