@@ -96,3 +96,80 @@ def test_the_kept_refinement_grid_deforms_as_a_new_one(deformation, monkeypatch)
     np.testing.assert_array_equal(kept.backward, again.backward)
     assert kept.score == again.score
     assert kept.level is None  # the result does not hold the target's descriptors
+
+
+def _two_stage_case():
+    """A 100 mm phantom filling a 128 x 128 x 120 mm template whose labels are small: two stages."""
+    from medshot.data.annotations import Landmark
+    from medshot.data.image import from_array
+    from medshot.data.template import Template
+    from medshot.synthetic3d import Phantom3D, Warp3D, grid_affine, landmarks_voxel, sample_phantom
+
+    phantom = Phantom3D(100.0, seed=1)
+    shape, spacing = (64, 64, 48), (2.0, 2.0, 2.5)
+    affine = grid_affine(shape, spacing)
+    array, labels = sample_phantom(phantom, shape, affine)
+    image = from_array(array, affine)
+    points = image.source_to_index(landmarks_voxel(phantom, affine))
+    template = Template.from_image(image, labels={1: "organ 1", 2: "organ 2"},
+                                   landmarks=[Landmark(n, p) for n, p in zip("abcd", points)])
+    template.mask_path = "in-memory"  # type: ignore[assignment]
+    template._mask = from_array(labels, affine).array.astype(np.int32)
+    c, s = np.cos(np.deg2rad(4.0)), np.sin(np.deg2rad(4.0))
+    warp = Warp3D(np.array([[c, -s, 0], [s, c, 0], [0, 0, 1.0]]) * 1.03, np.array([3.0, -4.0, 2.0]), 1.0, 40.0)
+    t_shape, t_spacing = (60, 70, 40), (2.2, 1.9, 3.0)
+    t_affine = grid_affine(t_shape, t_spacing, (4.0, -6.0, 3.0), "LPS")
+    t_array, truth = sample_phantom(phantom, t_shape, t_affine, warp)
+    return template, from_array(t_array, t_affine), from_array(truth, t_affine).array
+
+
+def test_one_covering_box_keeps_the_fine_stage_choice(monkeypatch):
+    """Volumes' fine stage: the candidates' boxes cut from one described covering box choose the same
+    candidate, with Dice within 0.02 of describing each box on its own (before issue 20), and the
+    target is described twice (coarse grid, covering box) instead of once per candidate plus once."""
+    from medshot.evaluation.metrics import dice
+    from medshot.pipeline import OneShot, fine
+
+    template, target, truth = _two_stage_case()
+    shot = OneShot(template)
+    assert shot.plan.two_stage
+    prepared = []
+    real = OneShot.prepare
+    monkeypatch.setattr(OneShot, "prepare", lambda self, *a: prepared.append(a[1].shape) or real(self, *a))
+    monkeypatch.setattr(fine, "COVERING_BOX", False)
+    before = shot.run(target)
+    candidates = len(prepared) - 1
+    assert candidates >= 2  # several boxes to cover, else there is nothing to test
+    prepared.clear()
+    monkeypatch.setattr(fine, "COVERING_BOX", True)
+    after = shot.run(target)
+    assert len(prepared) == 2
+    assert after.correspondence == before.correspondence
+    for label in (1, 2):
+        d_before = dice(before.label_map == label, truth == label)
+        d_after = dice(after.label_map == label, truth == label)
+        assert d_after >= 0.7 and abs(d_after - d_before) <= 0.02, (label, d_before, d_after)
+    assert np.abs(after.landmark_points - before.landmark_points).max() <= 1.0
+
+
+def test_a_cut_box_holds_the_covering_box_voxels():
+    from medshot.data.image import from_array
+    from medshot.pipeline.fine import _covering, cut
+    from medshot.pipeline.grids import spaced_grid
+    from medshot.pipeline.stage import Prepared
+
+    spacing = np.array([1.25, 1.25, 7.7])
+    image = from_array(np.zeros((400, 400, 42), np.float32), np.diag([*spacing, 1.0]))
+    a = spaced_grid(spacing, 3.8, np.array([110, 76, 3]), np.array([284, 326, 40]))
+    b = spaced_grid(spacing, 3.8, np.array([130, 60, 0]), np.array([300, 300, 36]))
+    covering = _covering(image, [a, b], 3.8)
+    assert covering is not None
+    work = np.random.default_rng(0).random(covering.shape).astype(np.float32)
+    described = Prepared(image, covering, work, None, np.stack([work, -work]))
+    part = cut(described, a)
+    assert part.work.shape == a.shape and part.features.shape == (2, *a.shape)
+    offset = np.round((a.origin - covering.origin) * covering.factor).astype(int)
+    assert part.work[0, 0, 0] == work[tuple(offset)] and np.all(part.features[1] == -part.work)
+    far = spaced_grid(spacing, 3.8, np.array([0, 0, 0]), np.array([60, 60, 10]))
+    near_end = spaced_grid(spacing, 3.8, np.array([330, 330, 30]), np.array([400, 400, 42]))
+    assert _covering(image, [far, near_end], 3.8) is None  # far apart: each described on its own
