@@ -228,6 +228,7 @@ def _init_worker(shot_bytes: bytes, threads: int) -> None:
     global _SHOT
     # Ctrl-C reaches the whole process group; the parent alone decides what happens then.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _exit_with_parent()
     try:
         from threadpoolctl import threadpool_limits
 
@@ -239,6 +240,22 @@ def _init_worker(shot_bytes: bytes, threads: int) -> None:
     if "SimpleITK" in sys.modules:  # else its environment variable, set by the parent, applies on import
         sys.modules["SimpleITK"].ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
     _SHOT = pickle.loads(shot_bytes)
+
+
+def _exit_with_parent(every: float = 0.5) -> None:
+    """End this worker soon after the batch process is gone (SIGKILL, out of memory): a worker left running
+    would hold the batch's terminal or pipes open and finish targets no one commits."""
+    import threading
+    import time
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="medshot-parent-watch", daemon=True).start()
 
 
 def _worker_run(work: Work, target: str) -> Outcome:
