@@ -45,6 +45,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 EVALDATA = Path(os.environ.get("MEDSHOT_EVALDATA", Path(__file__).resolve().parents[2] / "shared" / "evaldata"))
 
 
+@pytest.fixture(autouse=True)
+def serial_batches(request, monkeypatch):
+    """``--workers auto`` (the CLI's default) runs batches here, one target after another, in tests: many
+    tests patch this process (a flaky segmenter, a failing writer) and spawned workers would not see it.
+    Tests marked ``auto_workers`` get the real choice; ``--workers N`` is never changed."""
+    if request.node.get_closest_marker("auto_workers") is None:
+        monkeypatch.setattr("medshot.cli.batch.auto_workers", lambda targets, ndim: 1)
+
+
 @pytest.fixture(scope="session")
 def phantom():
     return make_phantom()

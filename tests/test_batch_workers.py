@@ -145,3 +145,46 @@ def test_dask_worker_lost_midway_loses_no_finished_target(tmp_path, template_fil
     bad = rows["case02.png"]
     assert bad["status"] == "failed" and "Dask worker running it was lost" in bad["reason"]
     assert sorted(masks(out)) == ["case01_mask.png", "case03_mask.png", "case04_mask.png"]
+
+
+@pytest.mark.auto_workers
+def test_workers_auto_is_the_default_and_matches_a_serial_run(setup, tmp_path, capsys, monkeypatch):
+    """No --workers: one process per core (at most one per target), the outputs byte for byte a serial run's."""
+    from medshot.cli import batch
+
+    t, targets, serial = setup
+    chosen = []
+    real = batch._in_processes
+    monkeypatch.setattr(batch, "cores", lambda: 2)  # as on a 2-core machine, whatever this one has
+    monkeypatch.setattr(batch, "_in_processes", lambda work, blob, todo, n: chosen.append(n) or real(work, blob,
+                                                                                                    todo, n))
+    out = tmp_path / "auto"
+    code, stdout, err = run(["segment", "--template", t, "--out", out, targets, *FAST], capsys)
+    assert code == 0, err
+    assert chosen == [2] and "5 targets:" in stdout
+    assert_same_as_serial(out, serial)
+    assert batch.auto_workers(1, 2) == 1 and batch.auto_workers(40, 2) == 2
+    monkeypatch.setattr(batch, "_available_memory", lambda: 5 * 2**30)  # volumes: one worker per 4 GB free
+    assert batch.auto_workers(40, 3) == 1 and batch.auto_workers(40, 2) == 2
+
+
+@pytest.mark.auto_workers
+def test_workers_auto_runs_here_when_the_shot_cannot_travel(setup, tmp_path, capsys, monkeypatch):
+    from medshot.cli import batch
+
+    def refuse(shot):
+        raise batch.MedshotError("this backbone/segmenter cannot be sent to worker processes (test)")
+
+    t, targets, serial = setup
+    monkeypatch.setattr(batch, "cores", lambda: 2)
+    monkeypatch.setattr(batch, "_ship", refuse)
+    out = tmp_path / "here"
+    code, _, err = run(["segment", "--template", t, "--out", out, targets, *FAST], capsys)
+    assert code == 0 and "targets run one after another here" in err
+    assert_same_as_serial(out, serial)
+    code, _, err = run(["segment", "--template", t, "--out", tmp_path / "n", "--workers", "2", targets, *FAST],
+                       capsys)
+    assert code == 2 and "cannot be sent to worker processes" in err  # asked for explicitly: an error
+    with pytest.raises(SystemExit) as exit_:  # argparse's own refusal
+        main(["segment", "--template", str(t), "--out", str(tmp_path / "x"), "--workers", "many", str(targets)])
+    assert exit_.value.code == 2 and "expected a whole number or 'auto'" in capsys.readouterr().err

@@ -209,3 +209,46 @@ def test_a_malformed_method_entry_is_a_one_line_error(three, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "bad.json" in err and "method" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()
+
+
+def _match_fully(ensemble, image):
+    """Ensemble.match before issue 20: every template matched and deformed, ranked on the final score."""
+    matched = [(m, *m.correspond(image)) for m in ensemble.members]
+    order = np.argsort([-corr.score for _, _, _, corr in matched], kind="stable")[:ensemble.top_k or len(matched)]
+    return [matched[i] for i in order], order
+
+
+@pytest.mark.parametrize("top_k,seed", [(1, 5), (2, 3)])
+def test_top_k_ranks_on_the_affine_and_deforms_only_the_k_best(three, phantom, top_k, seed, monkeypatch):
+    """Ranked on each template's verified affine, the K kept are those full matching keeps (K=2: the two
+    of the target's anatomy, never the other anatomy), only they are deformed, and the fused result is
+    exactly that of full matching. (K=1 with a copy of template a as target: full matching keeps b, whose
+    verification is 0.478 against a's 0.448; scores of different templates are each their own verifier's.)"""
+    import importlib
+
+    correspond_module = importlib.import_module("medshot.match.correspond")
+    from medshot.pipeline import oneshot
+
+    _, templates = three
+    target, _ = random_warp(phantom, seed=seed)  # seed 5: template a's own image
+    shot = medshot.OneShot(templates, top_k=top_k)
+    deformed = []
+    real = oneshot.deform_verified
+    for module in (oneshot, correspond_module):  # the 2D path deforms inside correspond()
+        monkeypatch.setattr(module, "deform_verified", lambda *a, **k: deformed.append(1) or real(*a, **k))
+    kept, order = shot.match(medshot.data.image.from_array(target.image))
+    assert len(deformed) == top_k  # the others stopped at their affine
+    deformed.clear()
+    full_kept, full_order = _match_fully(shot, medshot.data.image.from_array(target.image))
+    assert len(deformed) == len(templates)
+    assert list(order) == list(full_order)
+    assert 2 not in order  # never the template of another anatomy
+    for (_, _, _, corr), (_, _, _, full) in zip(kept, full_kept):
+        np.testing.assert_array_equal(corr.backward, full.backward)
+        assert corr.score == full.score
+    cheap = shot.run(target.image)
+    monkeypatch.setattr(shot, "match", lambda image: _match_fully(shot, image))
+    before = shot.run(target.image)
+    np.testing.assert_array_equal(cheap.label_map, before.label_map)
+    assert cheap.templates == before.templates and cheap.scores == before.scores
+    np.testing.assert_array_equal(cheap.landmark_points, before.landmark_points)

@@ -29,7 +29,11 @@ from .outdir import OutputFolder, settings_key
 Work = Callable[[Any, Path], tuple[dict[str, bytes], list[list]]]
 STATUSES = ("ok", "low_confidence", "failed")
 # A target is retried once, alone, after a worker process died while running it; dying again fails it.
-_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
+# Read by BLAS/OpenMP and ITK when a spawned worker imports them: each worker gets its share of the cores.
+_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS",
+                     "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS")
+# ``--workers auto`` on volumes: a worker per this much available memory (a 512^3 CT peaks near 3.2 GB).
+VOLUME_WORKER_BYTES = 4 * 2**30
 
 
 class BatchInterrupted(KeyboardInterrupt):
@@ -86,8 +90,36 @@ def run_target(work: Work, shot: Any, target: str) -> Outcome:
     return Outcome(target, files, full, status)
 
 
+def cores() -> int:
+    """The cores this process may run on (its affinity where the system says, e.g. in a container)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def _available_memory() -> int | None:
+    """Bytes of physical memory free now, where the system says."""
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def auto_workers(targets: int, ndim: int) -> int:
+    """``--workers auto``: one process per core, no more than targets, and for volumes no more than the
+    free memory holds (:data:`VOLUME_WORKER_BYTES` each). Results do not depend on it (a worker's
+    result is the serial one's), only the time does."""
+    n = min(cores(), max(1, targets))
+    if ndim == 3:
+        free = _available_memory()
+        if free is not None:
+            n = min(n, max(1, free // VOLUME_WORKER_BYTES))
+    return int(n)
+
+
 def run_batch(spec: BatchSpec, shot: Any, targets: list[Path], out: str | Path, settings: dict, *,
-              resume: bool = False, workers: int = 1, scheduler: str | None = None, quiet: bool = False) -> int:
+              resume: bool = False, workers: int | str = 1, scheduler: str | None = None, quiet: bool = False) -> int:
     """Process ``targets`` into ``out``; return the exit status (0, or 1 when a target failed).
 
     Parameters
@@ -95,6 +127,9 @@ def run_batch(spec: BatchSpec, shot: Any, targets: list[Path], out: str | Path, 
     settings : dict
         Everything that decides a target's result (template hash, backbone, options, version):
         ``--resume`` skips a target only when it was done with equal settings.
+    workers : int or "auto"
+        Local processes; ``"auto"``: :func:`auto_workers`, and serial where the shot cannot be sent
+        to a process (a note on stderr says so). Ignored with ``scheduler``.
 
     Raises
     ------
@@ -106,7 +141,18 @@ def run_batch(spec: BatchSpec, shot: Any, targets: list[Path], out: str | Path, 
     key = settings_key(settings)
     names = {str(t.resolve()): t for t in targets}
     # Problems with the workers are found before the output folder is touched.
-    blob = _ship(shot) if (workers > 1 or scheduler) else b""
+    blob = b""
+    if workers == "auto" and not scheduler:
+        workers = auto_workers(len(targets), getattr(shot, "ndim", 2))
+        if workers > 1:
+            try:
+                blob = _ship(shot)
+            except MedshotError as exc:  # nothing was asked for explicitly: run here rather than fail
+                print(f"medshot: note: targets run one after another here: {exc}", file=sys.stderr)
+                workers = 1
+    elif workers == "auto" or workers > 1 or scheduler:
+        workers = 1 if workers == "auto" else workers
+        blob = _ship(shot)
     client = _connect(scheduler) if scheduler else None
     try:
         with OutputFolder(out, spec.command, spec.table, spec.header) as folder:
@@ -182,6 +228,7 @@ def _init_worker(shot_bytes: bytes, threads: int) -> None:
     global _SHOT
     # Ctrl-C reaches the whole process group; the parent alone decides what happens then.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _exit_with_parent()
     try:
         from threadpoolctl import threadpool_limits
 
@@ -190,7 +237,25 @@ def _init_worker(shot_bytes: bytes, threads: int) -> None:
         pass
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(threads)
+    if "SimpleITK" in sys.modules:  # else its environment variable, set by the parent, applies on import
+        sys.modules["SimpleITK"].ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
     _SHOT = pickle.loads(shot_bytes)
+
+
+def _exit_with_parent(every: float = 0.5) -> None:
+    """End this worker soon after the batch process is gone (SIGKILL, out of memory): a worker left running
+    would hold the batch's terminal or pipes open and finish targets no one commits."""
+    import threading
+    import time
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="medshot-parent-watch", daemon=True).start()
 
 
 def _worker_run(work: Work, target: str) -> Outcome:
@@ -208,7 +273,8 @@ def _in_processes(work: Work, blob: bytes, todo: list[str], workers: int) -> Ite
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
     from concurrent.futures.process import BrokenProcessPool
 
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    workers = min(workers, len(todo))  # (--resume may leave fewer targets than were planned for)
+    threads = max(1, cores() // workers)
     saved = {v: os.environ.get(v) for v in _THREAD_VARIABLES}
     for v in _THREAD_VARIABLES:  # read by BLAS/OpenMP when a spawned worker imports numpy
         os.environ.setdefault(v, str(threads))

@@ -68,10 +68,10 @@ def landmark_pictures(image, points: np.ndarray, names: list[str],
 def dicom_results(image, label_map: np.ndarray, template, labels: list[int],
                   values: dict[int, int]) -> dict[str, bytes]:
     """SEG and RTSTRUCT for a DICOM target (file values, template names, overlay colours); {} otherwise."""
+    from .. import __version__
     from ..data.dicom_out import dicom_outputs
     from ..data.write import file_label_values
-    from .main import version
 
     if image.kind != "dicom":
         return {}
-    return dicom_outputs(image, file_label_values(label_map, values), structures(template, labels, values), version())
+    return dicom_outputs(image, file_label_values(label_map, values), structures(template, labels, values), __version__)

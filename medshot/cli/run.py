@@ -82,7 +82,9 @@ def _add_batch_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("batch")
     g.add_argument("--resume", action="store_true",
                    help="skip targets already done in --out with the same template and settings")
-    g.add_argument("--workers", type=int, default=1, metavar="N", help="run targets in N local processes")
+    g.add_argument("--workers", type=_workers, default="auto", metavar="N|auto",
+                   help="run targets in N local processes (default auto: one per core, at most one per target "
+                        "and per 4 GB of free memory for volumes; 1: here, serially)")
     g.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help='run targets on an existing Dask cluster, e.g. tcp://host:8786 (pip install "medshot[dask]")')
     g.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -242,7 +244,19 @@ def batch_settings(args: argparse.Namespace, templates: list) -> dict:
     return settings
 
 
+def _workers(text: str) -> int | str:
+    """``--workers``: ``auto`` or a whole number (checked with the other batch options)."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number or 'auto', got '{text}'") from None
+
+
 def check_batch_options(args: argparse.Namespace) -> None:
+    if args.workers == "auto":  # a cluster, when given, runs the targets; auto then asks for nothing here
+        return
     if args.workers < 1:
         raise MedshotError(f"--workers must be at least 1, got {args.workers}")
     if args.workers > 1 and args.scheduler:

@@ -96,6 +96,9 @@ class Correspondence:
     alternatives : list of ndarray (ndim, M, N[, P])
         Backward fields of the other refinements of the chosen affine (the affine alone, the
         deformation not chosen): where they disagree with ``backward``, the result is uncertain.
+    level : TargetLevel or None
+        The target's refinement grid the affine was refined on (a correspondence without deformation),
+        so that :func:`deform_verified` does not describe the target there again.
     """
 
     backward: np.ndarray
@@ -105,6 +108,7 @@ class Correspondence:
     verification: Verification | None = None
     verified_at: np.ndarray | None = None
     alternatives: list[np.ndarray] = field(default_factory=list)
+    level: TargetLevel | None = field(default=None, repr=False, compare=False)
 
     @property
     def score(self) -> float:
@@ -282,7 +286,7 @@ def correspond(template: TemplateSide, target: np.ndarray, target_features: np.n
     chosen = candidates[0]
     affine_only = Correspondence(grid_coords(np.linalg.inv(chosen.matrix), target.shape), chosen.matrix, chosen,
                                  candidates, chosen.verification,
-                                 grid_coords(chosen.matrix @ np.linalg.inv(verify.to_level), verify.shape))
+                                 grid_coords(chosen.matrix @ np.linalg.inv(verify.to_level), verify.shape), level=level)
     return deform_verified(template, target, target_features, affine_only, level) if deformable else affine_only
 
 
@@ -305,9 +309,11 @@ def deform_verified(template: TemplateSide, target: np.ndarray, target_features:
     """``affine_only`` deformed (``options.deformation``), or kept where no deformation verifies better.
 
     Parameters are those of :func:`correspond`; ``affine_only`` is a correspondence it returned with
-    ``deformable=False`` on the same target, ``level`` the refinement grid it used (made again if None).
+    ``deformable=False`` on the same target, ``level`` the refinement grid it used (by default the one it
+    keeps, ``affine_only.level``; made again where it has none).
     """
     options = template.options
+    level = affine_only.level if level is None else level
     verify = template.verifier
     chosen, candidates = affine_only.chosen, affine_only.candidates
     on_level = _describe_on_level(template, target, target_features)
@@ -340,4 +346,5 @@ def deform_verified(template: TemplateSide, target: np.ndarray, target_features:
         if deformed.verification.score > best.score + options.tie * abs(best.score):
             best = deformed
     best.alternatives = [c.backward for c in tried if c is not best]
+    best.level = None  # its work is done; the result should not hold the target's descriptors twice
     return best

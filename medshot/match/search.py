@@ -69,6 +69,22 @@ class Pose:
     rotation: np.ndarray | None = None
 
 
+# Target sizes a bank keeps spectra for, and the bytes they may take together (a 3D bank's spectra for
+# one size: tens to a few hundred MB; the newest size is kept whatever its size, as before).
+CACHED_SIZES = 4
+CACHED_BYTES = 384 * 2**20
+
+
+def _make_room(cache: dict, keep: int = CACHED_SIZES, need: int | None = None) -> None:
+    """Drop the least recently used entries of ``cache`` (insertion-ordered) so one more fits in ``keep``
+    entries and, where ``need`` (bytes) is given, in :data:`CACHED_BYTES` (entries: lists of arrays)."""
+    def over() -> bool:
+        return need is not None and sum(a.nbytes for entry in cache.values() for a in entry) + need > CACHED_BYTES
+
+    while cache and (len(cache) >= keep or over()):
+        cache.pop(next(iter(cache)))
+
+
 @dataclass
 class PoseBank:
     """The template's region of interest at every orientation the search tries, at the coarse level."""
@@ -80,7 +96,8 @@ class PoseBank:
     center: np.ndarray  # (ndim,) template working position at the canvas centre
     radius: float  # template working pixels: radius of the region of interest
     basis: np.ndarray | None
-    # Per target size (the common case is one size for a whole batch), kept for the next target:
+    # Per target size, kept for later targets of that size (an archive holds a few sizes over and over;
+    # a volume's spectra cost seconds). The oldest size goes first past ``CACHED_SIZES``.
     _spectra: dict = field(default_factory=dict, repr=False)  # FFT shape -> per-angle spectra
     _factors: dict = field(default_factory=dict, repr=False)  # search shape -> per-angle overlap factors
 
@@ -98,9 +115,13 @@ class PoseBank:
 
     def spectra(self, fshape: tuple[int, ...]) -> list[np.ndarray]:
         """Per orientation: the spectrum of the weighted canvas, for correlations of FFT shape ``fshape``."""
-        if fshape not in self._spectra:
-            self._spectra.clear()
-            self._factors.clear()
+        if fshape in self._spectra:
+            self._spectra[fshape] = self._spectra.pop(fshape)  # most recently used last
+        else:
+            # complex spectra of the canvases' dtype: half the last axis, times angles and channels
+            need = (len(self.features) * np.prod(self.features[0].shape[:1] + fshape[:-1]) * (fshape[-1] // 2 + 1)
+                    * np.result_type(self.features[0].dtype, self.weights[0].dtype, np.complex64).itemsize)
+            _make_room(self._spectra, need=int(need))
             flip = (slice(None),) + (slice(None, None, -1),) * self.ndim
             axes = tuple(range(1, self.ndim + 1))
             self._spectra[fshape] = [sfft.rfftn((f * w)[flip], s=fshape, axes=axes)
@@ -115,7 +136,10 @@ class PoseBank:
         target, and ``excluded`` is ``-inf`` below the minimum overlap (0 elsewhere); ``None`` for an
         angle with (almost) no weight.
         """
-        if shape not in self._factors:
+        if shape in self._factors:
+            self._factors[shape] = self._factors.pop(shape)
+        else:
+            _make_room(self._factors, CACHED_SIZES * 8)  # a few scales per target size; real, search-sized
             n = self.size
             out = []
             for w in self.weights:

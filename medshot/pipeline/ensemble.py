@@ -2,9 +2,11 @@
 
 ``OneShot([t1, t2, t3], ...)`` builds a :class:`Ensemble`: one :class:`~medshot.pipeline.OneShot`
 per template (each template's features computed once), sharing one backbone and one segmenter.
-Per target every template is matched; with ``top_k`` only the K whose correspondences verify best
-(:attr:`Correspondence.score`, the criterion that chose each correspondence) carry their
-annotations, and those are fused (:mod:`medshot.pipeline.fusion`).
+Per target every template is matched and all are fused (:mod:`medshot.pipeline.fusion`). With
+``top_k`` every template is matched only up to its verified affine choice (pose search, refined
+candidates, verification: no deformation), the templates are ranked by that choice's verification
+score, and only the K best are deformed, carry their annotations and are fused, so K saves the
+deformations, the carrying, the scoring and the fusion of the others.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ class Ensemble:
     backbone, segmenter
         As for :class:`~medshot.pipeline.OneShot`; built once and shared.
     top_k : int, optional
-        Per target, fuse only the K templates whose correspondences verify best (default: all).
+        Per target, fuse only the K templates whose affine correspondences verify best (default: all).
     fusion : {"local", "vote"}
         Label maps: a vote weighted per template and per pixel by local agreement (``"local"``), or
         per template only (``"vote"``).
@@ -100,9 +102,7 @@ class Ensemble:
         """
         start = time.perf_counter()
         image = self.load(target)
-        matched = [(m, *m.correspond(image)) for m in self.members]
-        order = np.argsort([-corr.score for _, _, _, corr in matched], kind="stable")[:self.top_k or len(matched)]
-        kept = [matched[i] for i in order]
+        kept, order = self.match(image)
         results = [m.carry(stage, prepared, corr, landmarks, masks) for m, stage, prepared, corr in kept]
         local = None
         if masks and self.fusion == "local":
@@ -113,6 +113,27 @@ class Ensemble:
         fused.templates = {name: 0.0 for name in names} | fused.templates
         fused.seconds = time.perf_counter() - start
         return fused
+
+    def match(self, image: Image) -> tuple[list[tuple], np.ndarray]:
+        """Every template matched with ``image``: ``(member, stage, prepared, correspondence)`` for the
+        templates kept, and their indices in ``self.members``, best verified first.
+
+        With ``top_k`` below the number of templates, templates are ranked on the verification score of
+        their affine choice (the score that picked it among the candidates, before any deformation) and
+        only the K best are deformed: a deformation is kept only where it verifies better than that
+        affine, so it moves a template's score up a little and seldom changes the order.
+        """
+        cheap = self.top_k is not None and self.top_k < len(self.members)
+        matched = [(m, *m.correspond(image, deform=not cheap)) for m in self.members]
+        order = np.argsort([-corr.score for _, _, _, corr in matched], kind="stable")[:self.top_k or len(matched)]
+        kept = [matched[i] for i in order]
+        if cheap:
+            kept = [(m, stage, prepared, m.deform(stage, prepared, corr)) for m, stage, prepared, corr in kept]
+            # in the order full matching gives the same templates (final score, then template order), so
+            # the fused result is the one full matching gives wherever both keep the same K
+            again = sorted(range(len(kept)), key=lambda i: (-kept[i][3].score, order[i]))
+            kept, order = [kept[i] for i in again], order[again]
+        return kept, order
 
 
 # ``OneShot([t1, t2, ...])`` builds an Ensemble; oneshot.py cannot import this module, which imports it.

@@ -31,7 +31,8 @@ from .carry import carry_labels, carry_points, labels_on_grid, points_where
 from .confidence import mask_score, point_score
 from .describe import Descriptors
 from .evidence import Evidence
-from .grids import VolumeStages, WorkGrid, capped_spacing, mapped_box, planar_grid, spaced_grid
+from .fine import choose_on_fine_stage
+from .grids import VolumeStages, WorkGrid, capped_spacing, planar_grid, spaced_grid
 from .landmarks import FineLandmarks, unit_map, upright
 from .options import default_options
 from .result import LandmarkResult, TargetResult
@@ -232,15 +233,20 @@ class OneShot:
         fmap, features = self.describe.prepare(work, normalized)
         return Prepared(image, grid, work, fmap, features)
 
-    def correspond(self, target) -> tuple[Stage, Prepared, Correspondence]:
-        """The template stage, the prepared target and their verified correspondence."""
+    def correspond(self, target, deform: bool = True) -> tuple[Stage, Prepared, Correspondence]:
+        """The template stage, the prepared target and their verified correspondence.
+
+        With ``deform=False`` the correspondence stops at the verified affine choice (the last stage's);
+        :meth:`deform` then finishes it exactly as ``deform=True`` would have (how several templates are
+        ranked before only the best are deformed).
+        """
         image = self.load(target)
         value_range = intensity_range(image.array, self.window)
         if self.ndim == 2:
             stage = self._stages[self._stage_key]
             prepared = self.prepare(image, planar_grid(image.shape, self.min_work_size, self.work_size),
                                     value_range)
-            return stage, prepared, self._match(stage, prepared)
+            return stage, prepared, self._match(stage, prepared, deform=deform)
         plan = self.plan
         assert plan is not None
         spacing = capped_spacing(image.spacing, image.shape, plan.coarse_spacing, self.max_work_voxels)
@@ -248,24 +254,16 @@ class OneShot:
         target = self.prepare(image, spaced_grid(image.spacing, spacing, np.zeros(3), np.array(image.shape)),
                               value_range)
         if not plan.two_stage:
-            return coarse, target, self._match(coarse, target)
+            return coarse, target, self._match(coarse, target, deform=deform)
         placed = self._match(coarse, target, deform=False)
         fine = self._stages[("fine", plan.fine_spacing)]
-        # Every coarse candidate is refined on the fine stage and the choice is verified there: at the
-        # coarse spacing small organs blur, and its ranking of the candidates often is not the fine one's.
-        # Only the chosen one is deformed.
-        best = None
-        for candidate in placed.candidates:
-            # template fine working -> template index -> (coarse) -> target index
-            to_target = (target.grid.from_work @ candidate.matrix @ coarse.grid.to_work @ fine.grid.from_work)
-            lo, hi = mapped_box(to_target, fine.grid.shape, image.shape, pad=2 * plan.fine_spacing / image.spacing)
-            grid = spaced_grid(image.spacing, plan.fine_spacing, lo, hi)
-            boxed = self.prepare(image, grid, value_range)
-            corr = self._match(fine, boxed, initial=grid.to_work @ to_target, deform=False)
-            if best is None or corr.score > best[1].score:
-                best = (boxed, corr)
-        boxed, corr = best
-        return fine, boxed, deform_verified(fine.side, boxed.work, boxed.features, corr)
+        # Every coarse candidate is refined and verified on the fine stage; only the chosen one is deformed.
+        boxed, corr = choose_on_fine_stage(self, image, value_range, coarse, target, placed, fine, plan.fine_spacing)
+        return fine, boxed, self.deform(fine, boxed, corr) if deform else corr
+
+    def deform(self, stage: Stage, prepared: Prepared, corr: Correspondence) -> Correspondence:
+        """A correspondence from ``correspond(..., deform=False)`` deformed and verified (``deform_verified``)."""
+        return deform_verified(stage.side, prepared.work, prepared.features, corr)
 
     def _match(self, stage: Stage, target: Prepared, initial: np.ndarray | None = None,
                deform: bool = True) -> Correspondence:
