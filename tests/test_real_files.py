@@ -66,15 +66,20 @@ def _readable() -> dict[str, list[Path]]:
 VOLUMES: set[Path] = set()
 READABLE = _readable()
 # Volumes take 5-100 s each here (2D files about 1-4 s): marked slow, so that `-m "not slow"` leaves them out.
-# Known misses, measured and reported (issue 21's closing note): on dose grids of 10 x 10 pixels, upsampled
-# 13x onto the working grid, the edge-agreement criterion peaks at a placement 1.7 pixels off (Dice 0.42, the
-# label flagged at score 0.32). Strict: the test says so as soon as they pass.
-TOO_SMALL_TO_VERIFY = {"rtdose_1frame.dcm", "rtdose.dcm"}
+# Known misses, measured and reported (issue 21's closing note); strict, so the test says so once they pass.
+# On dose grids of 10 x 10 pixels, upsampled 13x onto the working grid, the edge-agreement criterion peaks at
+# a placement 1.7 pixels off (Dice 0.42, the label flagged at score 0.32).
+# And on one colour-bar image, a stretch along the bars verifies 0.53 % better than no motion, past the 0.5 %
+# tie (CorrespondOptions.tie): a tie of 1 % fixed it but moved the tune half both ways (hippocampus +0.011,
+# Drishti -0.003, ceph NED +0.0003), so the tie stays and the miss is reported.
+KNOWN_MISSES = {"rtdose_1frame.dcm": "10 x 10 pixel dose grid: verification peaks off place",
+                "rtdose.dcm": "10 x 10 pixel dose grid: verification peaks off place",
+                "SC_rgb_dcmtk_+eb+cy+n1.dcm": "colour bars: a stretch along the bars verifies 0.53 % better"}
 SELF_CASES = [pytest.param(paths, id=_ident(paths[0]),
                            marks=([pytest.mark.slow] if paths[0] in VOLUMES else [])
-                           + ([pytest.mark.xfail(strict=True, reason="10 x 10 pixel dose grid: verification peaks "
-                                                                     "off place (measured, reported)")]
-                              if paths[0].name in TOO_SMALL_TO_VERIFY else []))
+                           + ([pytest.mark.xfail(strict=True, reason=f"{KNOWN_MISSES[paths[0].name]} (measured, "
+                                                                     "reported)")]
+                              if paths[0].name in KNOWN_MISSES else []))
               for paths in READABLE.values()]
 
 
