@@ -9,7 +9,11 @@ method can be measured on that geometry beside the native one::
     python benchmarks/evaldata_3d.py --data /tmp/thick --tasks openkbp --split report --templates 3 \\
         --methods medshot --out /tmp/thick_report
 
-Landmark CSVs are not copied (their voxel indices would not hold on the new grid).
+Landmark CSVs are not copied (their voxel indices would not hold on the new grid). ``--self CASE``
+then makes a template of that case of the copy and segments the same volume with it, printing each
+label's Dice and score (a template must give itself back)::
+
+    python benchmarks/thick_slices.py --out /tmp/thick --self pt_1
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="voxel size in mm along the files' own axes (default 1.25 1.25 7.7)")
     p.add_argument("--tasks", default="openkbp")
     p.add_argument("--out", required=True, help="folder of the copy (never inside the repository)")
+    p.add_argument("--self", dest="self_case", default=None, metavar="CASE",
+                   help="then segment this case of the copy with a template made of it")
     args = p.parse_args(argv)
     data, out = Path(args.data), Path(args.out)
     if not data.is_dir():
@@ -57,7 +63,26 @@ def main(argv: list[str] | None = None) -> int:
         for extra in source.parent.glob("label_names.csv"):
             shutil.copy(extra, out / TASKS[task]["folder"].split("/")[0] / extra.name)
         print(f"{task}: {source} -> {out / TASKS[task]['folder']} at {args.spacing} mm")
+        if args.self_case:
+            segment_itself(out / TASKS[task]["folder"], args.self_case, TASKS[task]["window"])
     return 0
+
+
+def segment_itself(folder: Path, case: str, window) -> None:
+    """Dice and score per label of a template made of ``case`` run on the same volume."""
+    import numpy as np
+
+    import medshot
+    from medshot.data.template import Template
+    from medshot.evaluation.metrics import dice
+
+    template = Template.build(folder / "images" / f"{case}.nii.gz", folder / "labels" / f"{case}.nii.gz",
+                              window=window)
+    result = medshot.OneShot(template).segment(template.image)
+    for label in sorted(template.labels):
+        print(f"{case} on itself, label {label}: Dice {dice(result.label_map == label, template.mask == label):.3f}, "
+              f"score {result.scores[label]:.3f} ({'ok' if result.scores[label] >= 0.5 else 'low_confidence'})")
+    print(f"shape {template.image.shape}, spacing {np.round(template.image.spacing, 3).tolist()} mm")
 
 
 if __name__ == "__main__":
