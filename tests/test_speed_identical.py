@@ -100,21 +100,13 @@ def test_the_kept_refinement_grid_deforms_as_a_new_one(deformation, monkeypatch)
 
 def _two_stage_case():
     """A 100 mm phantom filling a 128 x 128 x 120 mm template whose labels are small: two stages."""
-    from medshot.data.annotations import Landmark
+    from volume_helpers import phantom_template
+
     from medshot.data.image import from_array
-    from medshot.data.template import Template
-    from medshot.synthetic3d import Phantom3D, Warp3D, grid_affine, landmarks_voxel, sample_phantom
+    from medshot.synthetic3d import Phantom3D, Warp3D, grid_affine, sample_phantom
 
     phantom = Phantom3D(100.0, seed=1)
-    shape, spacing = (64, 64, 48), (2.0, 2.0, 2.5)
-    affine = grid_affine(shape, spacing)
-    array, labels = sample_phantom(phantom, shape, affine)
-    image = from_array(array, affine)
-    points = image.source_to_index(landmarks_voxel(phantom, affine))
-    template = Template.from_image(image, labels={1: "organ 1", 2: "organ 2"},
-                                   landmarks=[Landmark(n, p) for n, p in zip("abcd", points)])
-    template.mask_path = "in-memory"  # type: ignore[assignment]
-    template._mask = from_array(labels, affine).array.astype(np.int32)
+    template = phantom_template(phantom, (64, 64, 48), (2.0, 2.0, 2.5))
     c, s = np.cos(np.deg2rad(4.0)), np.sin(np.deg2rad(4.0))
     warp = Warp3D(np.array([[c, -s, 0], [s, c, 0], [0, 0, 1.0]]) * 1.03, np.array([3.0, -4.0, 2.0]), 1.0, 40.0)
     t_shape, t_spacing = (60, 70, 40), (2.2, 1.9, 3.0)

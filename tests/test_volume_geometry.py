@@ -13,10 +13,9 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from volume_helpers import template_of as _template
 
-from medshot.data.annotations import Landmark
 from medshot.data.image import from_array
-from medshot.data.template import Template
 from medshot.evaluation.baselines import run_baseline
 from medshot.evaluation.metrics import dice
 from medshot.match.correspond import Candidate, Correspondence
@@ -56,14 +55,6 @@ def _volume(side: int, anisotropy: float, axcodes: str, tilt: float, warp: Warp3
     return image, from_array(labels, affine).array.astype(np.int32), points
 
 
-def _template(image, labels, points) -> Template:
-    template = Template.from_image(image, labels={1: "organ 1", 2: "organ 2"},
-                                   landmarks=[Landmark(n, p) for n, p in zip("abcd", points)])
-    template.mask_path = "in-memory"  # type: ignore[assignment]
-    template._mask = labels
-    return template
-
-
 geometries = dict(side=st.sampled_from([64, 96, 160, 256, 400, 512]), anisotropy=st.floats(1.0, 8.0),
                   axcodes=st.sampled_from(["RAS", "LAS", "LPS", "PLI"]), tilt=st.floats(0.0, 3.0))
 
@@ -97,6 +88,17 @@ def test_a_shifted_copy_is_found(side, anisotropy, axcodes, tilt, shift):
     for label in (1, 2):
         assert dice(result.label_map == label, moved_labels == label) >= 0.9, label
     assert np.abs(result.landmark_points - moved_points).max() <= 1.0
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=False, reason="known miss: organ 1 of a copy shifted one thick slice comes back at Dice "
+                   "0.898 (found by hypothesis when the test's source changed, 2026-12-04; not yet investigated)")
+def test_a_copy_shifted_one_thick_slice_is_found():
+    image, labels, points = _volume(64, 2.0, "RAS", 0.0)
+    moved, moved_labels, _ = _volume(64, 2.0, "RAS", 0.0, Warp3D(shift=np.array([0.0, 0.0, 1.0])))
+    result = OneShot(_template(image, labels, points)).run(moved)
+    for label in (1, 2):
+        assert dice(result.label_map == label, moved_labels == label) >= 0.9, label
 
 
 def test_grids_of_one_volume_share_one_lattice():

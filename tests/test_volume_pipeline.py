@@ -10,6 +10,7 @@ import warnings
 import numpy as np
 import pytest
 from scipy import ndimage
+from volume_helpers import phantom_template
 
 from medshot.data.annotations import Landmark
 from medshot.data.image import from_array
@@ -39,15 +40,7 @@ def _rotation(deg_xyz) -> np.ndarray:
 
 
 def _template(phantom: Phantom3D) -> Template:
-    aff = grid_affine(TEMPLATE_SHAPE, TEMPLATE_SPACING)
-    array, labels = sample_phantom(phantom, TEMPLATE_SHAPE, aff)
-    image = from_array(array, aff)
-    points = image.source_to_index(landmarks_voxel(phantom, aff))
-    template = Template.from_image(image, labels={1: "organ 1", 2: "organ 2"},
-                                   landmarks=[Landmark(n, p) for n, p in zip("abcd", points)])
-    template.mask_path = "in-memory"  # type: ignore[assignment]
-    template._mask = from_array(labels, aff).array.astype(np.int32)
-    return template
+    return phantom_template(phantom, TEMPLATE_SHAPE, TEMPLATE_SPACING)
 
 
 WORK_SPACING = 1.8  # mm; coarser than the template's 1.4 mm keeps the tests fast
