@@ -104,6 +104,25 @@ def random_warp(case: Case, seed: int = 1, max_rotation: float = 15.0, scale_ran
     return Case(np.clip(image, 0, 1).astype(np.float32), mask.astype(np.uint8), lms), M
 
 
+def swirl(case: Case, degrees: float, seed: int = 0, radius: float = 0.3, noise: float = 0.02) -> Case:
+    """The case with its centre turned by ``degrees`` and its edge not at all (a swirl: the turn falls off as
+    ``exp(-r^2)``, ``r`` in units of ``radius`` x the image side). Steps of a few tens of degrees are small
+    deformations; a large total is beyond what one registration recovers (batch mode's chain test).
+    """
+    H, W = case.image.shape
+    yy, xx = np.mgrid[0:H, 0:W].astype(np.float64)
+    cy, cx = (H - 1) / 2, (W - 1) / 2
+    r2 = ((yy - cy) / (radius * H)) ** 2 + ((xx - cx) / (radius * W)) ** 2
+    a = -np.deg2rad(degrees) * np.exp(-r2)
+    sy = cy + (yy - cy) * np.cos(a) - (xx - cx) * np.sin(a)
+    sx = cx + (yy - cy) * np.sin(a) + (xx - cx) * np.cos(a)
+    image = ndimage.map_coordinates(case.image, [sy, sx], order=1, mode="constant", cval=0.0)
+    image = image + noise * np.random.default_rng(seed).normal(size=image.shape)
+    mask = ndimage.map_coordinates(case.mask, [sy, sx], order=0, mode="constant", cval=0)
+    lms = np.array([_invert(sx, sy, p) for p in case.landmarks_xy])
+    return Case(np.clip(image, 0, 1).astype(np.float32), mask.astype(np.uint8), lms)
+
+
 def _invert(sx: np.ndarray, sy: np.ndarray, p: np.ndarray) -> np.ndarray:
     d = (sx - p[0]) ** 2 + (sy - p[1]) ** 2
     iy, ix = np.unravel_index(int(np.argmin(d)), d.shape)

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.errors import MedshotError
+from .batch_mode import add_options as add_batch_mode_options
 
 LANDMARKS_HEADER = {
     2: ["target", "landmark", "x", "y", "confidence", "status", "reason"],
@@ -55,6 +56,7 @@ def add_parser(sub) -> None:
             p.add_argument("--no-dicom-out", action="store_true",
                            help="DICOM targets: do not write the DICOM SEG and RTSTRUCT beside the label map")
         _add_batch_options(p)
+        add_batch_mode_options(p)
 
 
 def _add_model_options(p: argparse.ArgumentParser, segmenter: bool = False) -> None:
@@ -160,10 +162,16 @@ def _mask_suffix(target: Path) -> str:
 
 def _run(args: argparse.Namespace, spec, shot, files: list[Path]) -> int:
     from .batch import run_batch
+    from .batch_mode import batch_options, run_in_batch_mode
 
     if hasattr(shot, "templates"):  # several templates: each row says how much each counted
         spec.header = [*spec.header[:-2], "templates", *spec.header[-2:]]
     settings = batch_settings(args, getattr(shot, "templates", [shot.template]))
+    options = batch_options(args)
+    if options is not None:
+        code = run_in_batch_mode(args, spec, shot, files, refuse_colliding_stems(files), settings, options)
+        if code is not None:
+            return code
     return run_batch(spec, shot, files, args.out, settings, resume=args.resume, workers=args.workers,
                      scheduler=args.scheduler, quiet=args.quiet)
 
@@ -255,6 +263,9 @@ def _workers(text: str) -> int | str:
 
 
 def check_batch_options(args: argparse.Namespace) -> None:
+    from .batch_mode import batch_options
+
+    batch_options(args)
     if args.workers == "auto":  # a cluster, when given, runs the targets; auto then asks for nothing here
         return
     if args.workers < 1:
@@ -387,7 +398,7 @@ def segment_work(shot, path: Path, dicom_out: bool = True) -> tuple[dict[str, by
         score = result.scores.get(label, 0.0)
         n = int(np.sum(label_map == label))
         size = [n] if image.ndim == 2 else [n, round(n * voxel_ml(image), 4)]
-        rows.append([values.get(label, label), *size, round(score, 4), round(seconds, 3),
+        rows.append([values.get(label, label), *size, round(score, 4), round(result.seconds or seconds, 3),
                      *template_weights(shot, result), score_status(score),
                      result.reasons.get(label, "") or ("" if score_status(score) == "ok" else "no result for it")])
     return files, rows

@@ -73,10 +73,17 @@ class Template:
     _label_values: dict[int, int] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def from_image(cls, image: Image, **annotations) -> Template:
-        """A template around an image already in memory (``image_path`` is its path, if any)."""
+    def from_image(cls, image: Image, mask: np.ndarray | None = None, **annotations) -> Template:
+        """A template around an image already in memory (``image_path`` is its path, if any).
+
+        ``mask``, optional: its label map in memory (the image's shape, integer labels, 0 background).
+        """
         template = cls(image_path=image.path or Path("image"), **annotations)
         template._image = image
+        if mask is not None:
+            if mask.shape != image.shape:
+                raise MedshotError(f"mask shape {mask.shape} differs from the image's {image.shape}", image.path)
+            template._mask = np.asarray(mask).astype(np.int32, copy=False)
         return template
 
     # -- loading -----------------------------------------------------------------------------
@@ -94,6 +101,8 @@ class Template:
     @property
     def mask(self) -> np.ndarray | None:
         """The label map on the image's grid, or None."""
+        if self._mask is not None:
+            return self._mask
         if self.mask_path is None:
             return None
         if self._mask is None:

@@ -94,6 +94,12 @@ class OneShot:
                  max_work_side: int = 80, fine_voxels: int = 72**3, max_work_voxels: int = 160**3,
                  max_carry_voxels: int = 96**3):
         self.template = template = template[0] if isinstance(template, (list, tuple)) else template
+        # what :meth:`like` gives a OneShot of another template (the backbone and segmenter are shared)
+        self._settings = dict(work_size=work_size, min_work_size=min_work_size, options=options,
+                              refine_landmarks=refine_landmarks, window=window, reduced_dims=reduced_dims,
+                              context=context, work_spacing=work_spacing, max_work_side=max_work_side,
+                              fine_voxels=fine_voxels, max_work_voxels=max_work_voxels,
+                              max_carry_voxels=max_carry_voxels)
         image = template.image
         self.ndim = image.ndim
         if isinstance(segmenter, str):
@@ -131,6 +137,11 @@ class OneShot:
         self._fine = None
         if self.ndim == 2 and template.landmarks and self.describe.pixel_level and step > FINE_STEP:
             self._fine = FineLandmarks(normalized, template.landmark_points, step)
+
+    def like(self, template: Template) -> OneShot:
+        """A OneShot of another template with this one's backbone, segmenter and options."""
+        return OneShot(template, backbone=self.backbone, segmenter=self._segmenter or self._segmenter_spec,
+                       **self._settings)
 
     @property
     def _first(self) -> Stage:

@@ -1,0 +1,258 @@
+"""Batch mode on the command line: pass 1 and each round of :mod:`medshot.pipeline.batch` as a batch of its own.
+
+Each stage runs through :func:`medshot.cli.batch.run_batch` (workers, Dask, ``--resume``, failures
+isolated, every finished target committed) into ``--out/.medshot-batch/<stage>/``: per target what
+that stage found (``<stem>.found.pkl``, without the image) and, after pass 1, the target's whole-image
+signature (``<stem>.sig.npy``). Between stages this process reads only the confidences and signatures
+and plans the next round exactly as :meth:`Batch.propagate` does (:class:`medshot.pipeline.batch.Plan`).
+A stage's settings include the plan and the digests of the pseudo-templates it uses, so ``--resume``
+redoes a target whenever what it depends on changed. The last stage writes the usual outputs, whose
+``templates`` column names the original template and the pseudo-templates that counted.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import functools
+import hashlib
+import io
+import json
+import pickle
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..core.errors import MedshotError
+from ..pipeline.batch import Batch, BatchOptions, Found, Plan, descriptor, similarity_matrix, too_few, unique_names
+from ..pipeline.result import score_status
+
+BATCH_FOLDER = ".medshot-batch"
+STAGE_HEADER = ["target", "confidence", "status", "reason"]
+
+
+def add_options(p) -> None:
+    g = p.add_argument_group("batch mode (one template, several targets)")
+    g.add_argument("--batch-mode", choices=["auto", "off"], default="auto",
+                   help="auto (default): with one template and at least --batch-min targets, confident targets "
+                        "become extra templates for the others (see README, 'Batch mode'); off: each target alone")
+    g.add_argument("--batch-min", type=int, default=BatchOptions.min_targets, metavar="N",
+                   help=f"fewest targets for batch mode (default {BatchOptions.min_targets})")
+    g.add_argument("--batch-neighbours", type=int, default=BatchOptions.neighbours, metavar="K",
+                   help=f"pseudo-templates fused per target (default {BatchOptions.neighbours})")
+    g.add_argument("--batch-rounds", type=int, default=BatchOptions.rounds, metavar="R",
+                   help=f"rounds of matching again (default {BatchOptions.rounds})")
+
+
+def batch_options(args) -> BatchOptions | None:
+    """The options of batch mode, or None when it is off (checked: a bad value is one error)."""
+    if getattr(args, "batch_mode", "off") == "off":
+        return None
+    for name in ("batch_min", "batch_neighbours", "batch_rounds"):
+        if getattr(args, name) < 1:
+            raise MedshotError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    return BatchOptions(min_targets=args.batch_min, neighbours=args.batch_neighbours, rounds=args.batch_rounds)
+
+
+@dataclass
+class StageShot:
+    """What a stage's workers need: the batch and where every earlier stage's results lie."""
+
+    batch: Batch
+    folder: Path  # --out/.medshot-batch
+    stems: dict[str, str]  # target key -> its output stem
+    names: dict[str, str]  # target key -> its name as a template (unique file name)
+    latest: dict[str, str] = field(default_factory=dict)  # target key -> stage holding its latest result
+    pool: dict[str, str] = field(default_factory=dict)  # pool member key -> stage of the result it joined with
+    helpers: dict[str, list[str]] = field(default_factory=dict)  # target key -> its pool members this round
+    current: str = ""  # the final stage: the target being written
+
+    @property
+    def ndim(self) -> int:
+        return self.batch.shot.ndim
+
+    # what the output writers ask of a shot
+    @property
+    def template(self):
+        return self.batch.shot.template
+
+    @property
+    def templates(self) -> list:
+        return [self.batch.shot.template]
+
+    @property
+    def window(self):
+        return self.batch.shot.window
+
+    def load(self, target):
+        return self.batch.shot.load(target)
+
+    def found(self, key: str, stage: str | None = None) -> Found:
+        stage = stage or self.latest.get(key, "pass1")
+        path = self.folder / stage / (self.stems[key] + ".found.pkl")
+        if not path.is_file():
+            raise MedshotError(f"batch mode: its {stage} result is missing (that stage failed for it)", key)
+        found = pickle.loads(path.read_bytes())
+        _attach(found, self.load(key))
+        return found
+
+    def segment(self, image):
+        return self.found(self.current).result
+
+    localize = segment
+
+
+def _attach(found: Found, image) -> None:
+    found.result.image = image
+    for result, _ in found.matched.values():
+        result.image = image
+
+
+def _dump(found: Found) -> bytes:
+    bare = copy.copy(found)
+    bare.result = copy.copy(found.result)
+    bare.result.image = None
+    bare.matched = {}
+    for name, (result, local) in found.matched.items():
+        r = copy.copy(result)
+        r.image = None
+        bare.matched[name] = (r, local)
+    return pickle.dumps(bare, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _stage_files(stage: StageShot, key: str, found: Found) -> tuple[dict[str, bytes], list[list]]:
+    c = found.confidence
+    # repr: the next stage plans on exactly the confidence the API plans on
+    return ({stage.stems[key] + ".found.pkl": _dump(found)},
+            [[repr(float(c)), score_status(c), "" if score_status(c) == "ok" else "not confident enough to be a "
+              "pseudo-template"]])
+
+
+def first_work(stage: StageShot, path: Path) -> tuple[dict[str, bytes], list[list]]:
+    """Pass 1 of one target: the original template alone, and the target's signature."""
+    from ..data.read import check_contrast
+
+    key = str(path)
+    image = stage.load(path)
+    check_contrast(image.array, path)
+    found = stage.batch.first(image)
+    files, rows = _stage_files(stage, key, found)
+    buffer = io.BytesIO()
+    np.save(buffer, descriptor(image, stage.window))
+    files[stage.stems[key] + ".sig.npy"] = buffer.getvalue()
+    return files, rows
+
+
+def again_work(stage: StageShot, path: Path) -> tuple[dict[str, bytes], list[list]]:
+    """One round for one target: pass 1 fused with its pool members' results in it."""
+    key = str(path)
+    first = stage.found(key, "pass1")
+    latest = stage.found(key)
+    helpers = [(stage.names[h], stage.found(h, stage.pool[h])) for h in stage.helpers[key]]
+    return _stage_files(stage, key, stage.batch.again(first, helpers, latest.matched))
+
+
+def final_work(stage: StageShot, path: Path, inner) -> tuple[dict[str, bytes], list[list]]:
+    """The usual outputs of one target, from its last result in batch mode."""
+    stage.current = str(path)
+    return inner(stage, path)
+
+
+def run_in_batch_mode(args, spec, shot, files: list[Path], stems: list[str], settings: dict,
+                      options: BatchOptions) -> int | None:
+    """``medshot segment/localize`` in batch mode; None when it does not apply (the caller runs the plain pass).
+
+    ``stems``: each target's output stem, in the order of ``files``.
+    """
+    from ..pipeline import OneShot
+    from .batch import BatchSpec, run_batch
+
+    if not isinstance(shot, OneShot):
+        print("medshot: note: batch mode takes one template; with several, each target is matched with them all",
+              file=sys.stderr)
+        return None
+    if len(files) < options.min_targets:
+        print(f"medshot: note: {too_few(len(files), options)}", file=sys.stderr)
+        return None
+    keys = [str(f.resolve()) for f in files]
+    stems = dict(zip(keys, stems))
+    batch = Batch(shot, options, landmarks=spec.command == "localize", masks=spec.command == "segment")
+    names = dict(zip(keys, unique_names([f.name for f in files])))
+    stage = StageShot(batch, Path(args.out) / BATCH_FOLDER, stems, names)
+    run = functools.partial(run_batch, resume=args.resume, workers=args.workers, scheduler=args.scheduler,
+                            quiet=args.quiet)
+    batch_settings = {**settings, "batch": {"neighbours": options.neighbours, "rounds": options.rounds,
+                                            "min_confidence": options.min_confidence,
+                                            "consensus": options.consensus}}
+
+    def stage_spec(name: str, work) -> BatchSpec:
+        return BatchSpec(f"{spec.command} {name}", "found.csv", STAGE_HEADER, work, spec.unit)
+
+    print(f"{spec.command}: batch mode, pass 1 (the template alone)", file=sys.stderr)
+    run(stage_spec("pass1", first_work), stage, files, stage.folder / "pass1", {**batch_settings, "stage": "pass1"})
+    confidences = _confidences(stage.folder / "pass1", keys, stems)
+    signatures = [_signature(stage.folder / "pass1", stems[k]) for k in keys]
+    ok = [i for i, s in enumerate(signatures) if s is not None]
+    similarity = np.full((len(keys), len(keys)), -np.inf)
+    if ok:
+        sub = similarity_matrix([signatures[i] for i in ok])
+        similarity[np.ix_(ok, ok)] = sub
+    to_template = np.full(len(keys), np.nan)
+    if ok:
+        to_template[ok] = np.array([signatures[i] for i in ok]) @ descriptor(shot.template.image, shot.window)
+    plan = Plan(similarity, confidences, options, to_template)
+    stage.pool = {keys[i]: "pass1" for i in plan.pool}
+    while (helpers := plan.next()) is not None:
+        name = f"round{plan.round}"
+        stage.helpers = {keys[i]: [keys[j] for j in helpers[i]] for i in helpers}
+        todo = [files[i] for i in sorted(helpers)]
+        print(f"{spec.command}: batch mode, {name}: {len(todo)} targets matched again", file=sys.stderr)
+        depends = {k: [[h, stage.pool[h], _digest(stage.folder / stage.pool[h] / (stems[h] + ".found.pkl"))]
+                       for h in hs] for k, hs in stage.helpers.items()}
+        run(stage_spec(name, again_work), stage, todo, stage.folder / name,
+            {**batch_settings, "stage": name, "depends": _digest_text(json.dumps(depends, sort_keys=True))})
+        again = _confidences(stage.folder / name, keys, stems)
+        done = {i: again[i] for i in helpers if np.isfinite(again[i])}
+        for i in done:
+            stage.latest[keys[i]] = name
+        for i in plan.record(done):
+            stage.pool[keys[i]] = name
+    print(f"{spec.command}: {plan.summary()}", file=sys.stderr)
+    final = BatchSpec(spec.command, spec.table, [*spec.header[:-2], "templates", *spec.header[-2:]],
+                      functools.partial(final_work, inner=spec.work), spec.unit)
+    final_settings = {**batch_settings, "latest": _digest_text(json.dumps(
+        {k: [stage.latest.get(k, "pass1"), _digest(stage.folder / stage.latest.get(k, "pass1") /
+                                                   (stems[k] + ".found.pkl"))] for k in keys}, sort_keys=True))}
+    return run(final, stage, files, args.out, final_settings)
+
+
+def _confidences(folder: Path, keys: list[str], stems: dict[str, str]) -> list[float]:
+    """Each target's confidence from a stage's table (NaN: failed or absent)."""
+    rows = {}
+    table = folder / "found.csv"
+    if table.is_file():
+        with open(table, newline="") as fh:
+            for row in csv.DictReader(fh):
+                rows[row["target"]] = row
+    out = []
+    for k in keys:
+        row = rows.get(k)
+        ok = row is not None and row["status"] != "failed" and row["confidence"] not in ("", None) \
+            and (folder / (stems[k] + ".found.pkl")).is_file()
+        out.append(float(row["confidence"]) if ok else float("nan"))
+    return out
+
+
+def _signature(folder: Path, stem: str) -> np.ndarray | None:
+    path = folder / (stem + ".sig.npy")
+    return np.load(path) if path.is_file() else None
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
+
+
+def _digest_text(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()

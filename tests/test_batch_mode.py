@@ -1,0 +1,171 @@
+"""Batch mode (issue 18): confident targets become pseudo-templates for the others."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image as PILImage
+
+from medshot import OneShot, Template, from_array
+from medshot.cli.main import main
+from medshot.evaluation.metrics import dice
+from medshot.pipeline.batch import Batch, BatchOptions, Plan, nearest
+from medshot.synthetic import make_phantom, place, swirl
+
+CHAIN = (0, 60, 120, 180, 240, 300, 360)  # degrees of swirl: each step small, the far end beyond one match
+
+
+def _template(image: np.ndarray, mask: np.ndarray) -> Template:
+    return Template.from_image(from_array(image), mask=mask, labels={1: "organ 1", 2: "organ 2"})
+
+
+@pytest.fixture(scope="module")
+def chain():
+    case = make_phantom((160, 176))
+    return [swirl(case, degrees, seed=i) for i, degrees in enumerate(CHAIN)]
+
+
+@pytest.mark.slow
+def test_a_chain_of_targets_carries_the_labels_where_one_match_fails(chain):
+    shot = OneShot(_template(chain[0].image, chain[0].mask))
+    targets = [from_array(c.image) for c in chain[1:]]
+    single = [shot.run(t) for t in targets]
+    batch = Batch(shot, BatchOptions(min_targets=3))
+    results = batch.run(targets)
+    far = [i for i, degrees in enumerate(CHAIN[1:]) if degrees >= 240]
+    for i in far:
+        truth = chain[i + 1].mask
+        assert dice(single[i].label_map == 1, truth == 1) < 0.5  # one match fails ...
+        assert dice(results[i].label_map == 1, truth == 1) >= 0.9, CHAIN[i + 1]  # ... the chain recovers
+    # the original template always counts, a target never serves as its own template
+    for i, result in enumerate(results):
+        assert "image" in result.templates
+        assert f"target {i + 1}" not in result.templates
+    assert "pseudo-templates" in batch.note
+
+
+@pytest.mark.slow
+def test_an_outlier_target_is_never_a_pseudo_template():
+    case = make_phantom((128, 144))
+    targets = [from_array(place(case, angle, 1.0, seed=i).image) for i, angle in enumerate((10, -10, 20, -20))]
+    rng = np.random.default_rng(0)
+    outlier = from_array(np.clip(np.kron(rng.random((8, 9)), np.ones((16, 16))), 0, 1).astype(np.float32))
+    shot = OneShot(_template(case.image, case.mask))
+    batch = Batch(shot, BatchOptions(min_targets=3))
+    results = batch.run([*targets, outlier])
+    assert batch.plan.outliers == {4}  # another image than the template's kind ...
+    assert 4 not in batch.plan.pool
+    for result in results[:-1]:
+        assert "target 5" not in result.templates  # ... is nobody's template
+    for result in results[:-1]:
+        assert len(result.templates) > 1  # the others did get pseudo-templates
+
+
+def test_a_plan_never_gives_a_target_itself_and_breaks_ties_by_order():
+    similarity = np.array([[1.0, 0.5, 0.5], [0.5, 1.0, 0.9], [0.5, 0.9, 1.0]])
+    assert nearest(similarity, 0, [2, 1, 0], 2) == [1, 2]
+    assert nearest(similarity, 1, [0, 1, 2], 1) == [2]
+    plan = Plan(similarity, [0.9, 0.2, float("nan")], BatchOptions(neighbours=1, rounds=3))
+    assert plan.pool == {0: 0}
+    first = plan.next()
+    assert first == {1: [0]}  # the failed target is never planned, the pool member has no other member
+    assert plan.record({1: 0.8}) == [1]
+    second = plan.next()
+    assert second == {0: [1]}  # the new member is the first one's only neighbour; 1 keeps 0
+    plan.record({0: 0.9})
+    assert plan.next() is None
+
+
+def test_too_small_a_batch_is_the_plain_pass():
+    case = make_phantom((96, 112))
+    shot = OneShot(_template(case.image, case.mask))
+    target = from_array(place(case, 5, 1.0, seed=1).image)
+    batch = Batch(shot, BatchOptions(min_targets=3))
+    [result] = batch.run([target])
+    assert "plain pass" in batch.note
+    np.testing.assert_array_equal(result.label_map, shot.run(target).label_map)
+
+
+# -- command line --------------------------------------------------------------------------------------------
+
+
+def _write_batch(folder: Path, n: int = 4) -> tuple[Path, list[Path]]:
+    case = make_phantom((96, 112))
+    folder.mkdir(parents=True, exist_ok=True)
+    PILImage.fromarray((case.image * 255).astype(np.uint8)).save(folder / "template.png")
+    PILImage.fromarray(case.mask).save(folder / "template_mask.png")
+    template = Template.build(folder / "template.png", folder / "template_mask.png",
+                              label_names={1: "organ 1", 2: "organ 2"})
+    template.save(folder / "template.json")
+    targets = []
+    for i in range(n):
+        warped = swirl(place(case, 8 * (i - 1.5), 1.0, seed=i), 25 * i, seed=i)
+        path = folder / f"target{i}.png"
+        PILImage.fromarray((warped.image * 255).astype(np.uint8)).save(path)
+        targets.append(path)
+    return folder / "template.json", targets
+
+
+def _table(path: Path) -> list[dict]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.mark.slow
+def test_cli_batch_mode_is_the_same_with_workers_and_resumes(tmp_path, capsys):
+    template, targets = _write_batch(tmp_path / "in")
+    serial, parallel = tmp_path / "serial", tmp_path / "parallel"
+    args = ["segment", "--template", str(template), *map(str, targets), "--batch-min", "3", "--quiet"]
+    assert main([*args, "--out", str(serial), "--workers", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "pseudo-templates" in err
+    assert main([*args, "--out", str(parallel), "--workers", "2"]) == 0
+    for target in targets:
+        name = target.stem + "_mask.png"
+        assert (serial / name).read_bytes() == (parallel / name).read_bytes()
+    rows = _table(serial / "results.csv")
+    assert [r["templates"] for r in rows] == [r["templates"] for r in _table(parallel / "results.csv")]
+    for r in rows:
+        assert r["templates"].startswith("template.png:")
+        assert Path(r["target"]).name not in r["templates"]  # never its own template
+    assert any(";" in r["templates"] for r in rows)  # pseudo-templates counted
+    # the command line plans and fuses exactly as the Python API
+    api = Batch(OneShot(Template.load(template)), BatchOptions(min_targets=3)).run(targets)
+    for target, result in zip(targets, api):
+        np.testing.assert_array_equal(np.asarray(PILImage.open(serial / (target.stem + "_mask.png"))),
+                                      result.label_map)
+    # a rerun with --resume redoes nothing and keeps the outputs
+    before = {p: p.read_bytes() for p in serial.iterdir() if p.is_file() and p.suffix == ".png"}
+    assert main([*args, "--out", str(serial), "--workers", "1", "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert "0 ok, 0 low_confidence, 0 failed, 4 skipped" in out
+    assert {p: p.read_bytes() for p in before} == before
+    # the outputs carry the user's umask like every other output
+    mode = (serial / (targets[0].stem + "_mask.png")).stat().st_mode & 0o777
+    umask = os.umask(0)
+    os.umask(umask)
+    assert mode == 0o666 & ~umask
+
+
+def test_cli_small_batch_says_it_runs_the_plain_pass(tmp_path, capsys):
+    template, targets = _write_batch(tmp_path / "in", n=2)
+    assert main(["segment", "--template", str(template), *map(str, targets), "--out", str(tmp_path / "out"),
+                 "--workers", "1", "--quiet"]) == 0
+    assert "plain pass" in capsys.readouterr().err
+    assert "templates" not in _table(tmp_path / "out" / "results.csv")[0]
+
+
+def test_cli_batch_mode_off_and_bad_options(tmp_path, capsys):
+    template, targets = _write_batch(tmp_path / "in", n=2)
+    assert main(["segment", "--template", str(template), *map(str, targets), "--out", str(tmp_path / "out"),
+                 "--workers", "1", "--quiet", "--batch-mode", "off"]) == 0
+    assert "batch mode" not in capsys.readouterr().err
+    assert main(["segment", "--template", str(template), *map(str, targets), "--out", str(tmp_path / "bad"),
+                 "--batch-neighbours", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "--batch-neighbours must be at least 1" in err and "Traceback" not in err
+    assert not (tmp_path / "bad").exists()
