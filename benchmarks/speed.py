@@ -65,12 +65,18 @@ def _worker(job: dict) -> dict:
     shot = runner.make_shot(templates if len(templates) > 1 else templates[0], "classical", "classical")
     if top_k is not None:
         shot.top_k = top_k
-    seconds, dice = [], []
+    seconds, dice, failed = [], [], []
     landmarks = dataset.has_landmarks and not dataset.has_masks
     for name in job["targets"]:
         target = case(name)
         start = time.perf_counter()
-        prediction = runner.predict(shot, target, landmarks, not landmarks, job.get("baseline"))
+        try:
+            prediction = runner.predict(shot, target, landmarks, not landmarks, job.get("baseline"))
+        except Exception as exc:  # noqa: BLE001 - as `medshot evaluate`: a failing pair scores 0, the run goes on
+            seconds.append(time.perf_counter() - start)
+            failed.append(f"{name}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200])
+            dice.append(0.0)
+            continue
         seconds.append(time.perf_counter() - start)
         if prediction.label_map is not None and target.mask is not None:
             truth = runner.truth(target)
@@ -78,7 +84,7 @@ def _worker(job: dict) -> dict:
             both = [2 * np.sum((prediction.label_map == k) & (truth == k)) /
                     max(1, np.sum(prediction.label_map == k) + np.sum(truth == k)) for k in labels]
             dice.append(float(np.mean(both)) if both else 1.0)
-    return {"seconds": seconds, "dice": dice}
+    return {"seconds": seconds, "dice": dice, "failed": failed}
 
 
 def measure(code: Path, job: dict) -> dict:
@@ -111,32 +117,39 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else float("nan")
 
 
+def _failures(measured: dict) -> str:
+    """The failed pairs of one measurement (they count in the seconds, to the failure, and score 0)."""
+    failed = measured.get("failed", [])
+    return f"{len(failed)}: " + "; ".join(failed) if failed else "0"
+
+
 def _row(*cells) -> str:
     return "| " + " | ".join(f"{c:.3f}" if isinstance(c, float) else str(c) for c in cells) + " |"
 
 
 def volumes(folders: dict, old: Path, n: int, split: str) -> list[str]:
-    lines = ["| volumes | pairs | s/volume old | s/volume new | old / new | mean Dice old | mean Dice new |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| volumes | pairs | s/volume old | s/volume new | old / new | mean Dice old | mean Dice new "
+             "| failed old | failed new |", "|---|---:|---:|---:|---:|---:|---:|---|---|"]
     for task, (folder, window) in folders.items():
         names = _cases(folder, split)
         job = {"name": task, "folder": str(folder), "window": window, "templates": names[:1],
                "targets": names[1:1 + n]}
         before, after = measure(old, job), measure(ROOT, job)
         a, b = _mean(before["seconds"]), _mean(after["seconds"])
-        lines.append(_row(task, len(job["targets"]), a, b, a / b, _mean(before["dice"]), _mean(after["dice"])))
+        lines.append(_row(task, len(job["targets"]), a, b, a / b, _mean(before["dice"]), _mean(after["dice"]),
+                          _failures(before), _failures(after)))
     return lines
 
 
 def images(folders: dict, n: int, split: str) -> list[str]:
-    lines = ["| 2D task | targets | s/target medshot | s/target B-spline | B-spline / medshot |",
-             "|---|---:|---:|---:|---:|"]
+    lines = ["| 2D task | targets | s/target medshot | s/target B-spline | B-spline / medshot | failed medshot "
+             "| failed B-spline |", "|---|---:|---:|---:|---:|---|---|"]
     for task, folder in folders.items():
         names = _cases(folder, split)
         job = {"name": task, "folder": str(folder), "templates": names[:1], "targets": names[1:1 + n]}
         ours, bspline = measure(ROOT, job), measure(ROOT, job | {"baseline": "bspline"})
         a, b = _mean(ours["seconds"]), _mean(bspline["seconds"])
-        lines.append(_row(task, len(job["targets"]), a, b, b / a))
+        lines.append(_row(task, len(job["targets"]), a, b, b / a, _failures(ours), _failures(bspline)))
     return lines
 
 
