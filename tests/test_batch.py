@@ -171,7 +171,9 @@ def test_interrupt_keeps_finished_targets_and_resume_does_the_rest(tmp_path, tem
     write_targets(tmp_path / "targets", phantom, 10, bad=(10,))
     out = tmp_path / "out"
     use_segmenter(monkeypatch, "interrupt")
-    code, _, err = run(["segment", "--template", template_json, "--out", out, tmp_path / "targets", *FAST], capsys)
+    # the plain pass: each target's outputs land in OUT as it finishes (batch mode: see the next test)
+    code, _, err = run(["segment", "--template", template_json, "--out", out, tmp_path / "targets", *FAST,
+                        "--batch-mode", "off"], capsys)
     assert code == 130
     assert "9 of 10 targets finished" in err and "--resume" in err and "Traceback" not in err
     assert len(masks_in(out)) == 9 and len(targets_in(out / "results.csv")) == 9
@@ -179,15 +181,32 @@ def test_interrupt_keeps_finished_targets_and_resume_does_the_rest(tmp_path, tem
     # the interrupted target is redone on --resume, the nine others are not
     monkeypatch.undo()
     code, stdout, _ = run(["segment", "--template", template_json, "--out", out, "--resume", tmp_path / "targets",
-                           *FAST], capsys)
+                           *FAST, "--batch-mode", "off"], capsys)
     assert code == 0 and "1 targets:" in stdout and "9 skipped" in stdout
+    assert len(masks_in(out)) == 10 and len(targets_in(out / "results.csv")) == 10
+
+
+def test_interrupt_in_batch_mode_keeps_pass_one_and_resume_does_the_rest(tmp_path, template_json, phantom, capsys,
+                                                                         monkeypatch):
+    write_targets(tmp_path / "targets", phantom, 10, bad=(10,))
+    out = tmp_path / "out"
+    use_segmenter(monkeypatch, "interrupt")
+    code, _, err = run(["segment", "--template", template_json, "--out", out, tmp_path / "targets", *FAST], capsys)
+    # pass 1 is interrupted: its nine finished targets are kept; no final output exists before the last stage
+    assert code == 130 and "9 of 10 targets finished" in err and "Traceback" not in err
+    assert not masks_in(out) and len(list((out / ".medshot-batch" / "pass1").glob("*.found.pkl"))) == 9
+    monkeypatch.undo()
+    code, stdout, _ = run(["segment", "--template", template_json, "--out", out, "--resume", tmp_path / "targets",
+                           *FAST], capsys)
+    assert code == 0 and "9 skipped" in stdout  # pass 1 runs only the interrupted target
     assert len(masks_in(out)) == 10 and len(targets_in(out / "results.csv")) == 10
 
 
 def test_real_sigint_keeps_what_is_finished(tmp_path, template_json, phantom):
     targets = write_targets(tmp_path / "targets", phantom, 8)
     out = tmp_path / "out"
-    proc = start_cli(["segment", "--template", template_json, "--out", out, *targets, *FAST])
+    # the plain pass, whose outputs land in OUT target by target
+    proc = start_cli(["segment", "--template", template_json, "--out", out, *targets, *FAST, "--batch-mode", "off"])
     wait_for(out / "results.csv", proc)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=300)

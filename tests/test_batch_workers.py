@@ -161,7 +161,8 @@ def test_workers_auto_is_the_default_and_matches_a_serial_run(setup, tmp_path, c
     out = tmp_path / "auto"
     code, stdout, err = run(["segment", "--template", t, "--out", out, targets, *FAST], capsys)
     assert code == 0, err
-    assert chosen == [2] and "5 targets:" in stdout
+    # five targets: batch mode, whose pass 1, round(s) and final writing each run on 2 processes
+    assert chosen and set(chosen) == {2} and "5 targets:" in stdout
     assert_same_as_serial(out, serial)
     assert batch.auto_workers(1, 2) == 1 and batch.auto_workers(40, 2) == 2
     monkeypatch.setattr(batch, "_available_memory", lambda: 5 * 2**30)  # volumes: one worker per 4 GB free

@@ -68,6 +68,7 @@ class StageShot:
     pool: dict[str, str] = field(default_factory=dict)  # pool member key -> stage of the result it joined with
     helpers: dict[str, list[str]] = field(default_factory=dict)  # target key -> its pool members this round
     current: str = ""  # the final stage: the target being written
+    reasons: dict[str, str] = field(default_factory=dict)  # target key -> why a stage failed for it
 
     @property
     def ndim(self) -> int:
@@ -93,7 +94,8 @@ class StageShot:
         stage = stage or self.latest.get(key, "pass1")
         path = self.folder / stage / (self.stems[key] + ".found.pkl")
         if not path.is_file():
-            raise MedshotError(f"batch mode: its {stage} result is missing (that stage failed for it)", key)
+            reason = self.reasons.get(key) or f"batch mode: its {stage} result is missing (that stage failed for it)"
+            raise MedshotError(reason, key)
         found = pickle.loads(path.read_bytes())
         _attach(found, self.load(key))
         return found
@@ -160,21 +162,27 @@ def final_work(stage: StageShot, path: Path, inner) -> tuple[dict[str, bytes], l
     return inner(stage, path)
 
 
+def fallback(shot, files: list[Path], options: BatchOptions) -> str:
+    """Why batch mode does not apply ('' when it does); the caller says so after the plain pass, so that a
+    problem found before any work stays the one line printed."""
+    from ..pipeline import OneShot
+
+    if not isinstance(shot, OneShot):
+        return "batch mode takes one template; with several, each target is matched with them all"
+    if len(files) < options.min_targets:
+        return too_few(len(files), options)
+    return ""
+
+
 def run_in_batch_mode(args, spec, shot, files: list[Path], stems: list[str], settings: dict,
                       options: BatchOptions) -> int | None:
     """``medshot segment/localize`` in batch mode; None when it does not apply (the caller runs the plain pass).
 
     ``stems``: each target's output stem, in the order of ``files``.
     """
-    from ..pipeline import OneShot
     from .batch import BatchSpec, run_batch
 
-    if not isinstance(shot, OneShot):
-        print("medshot: note: batch mode takes one template; with several, each target is matched with them all",
-              file=sys.stderr)
-        return None
-    if len(files) < options.min_targets:
-        print(f"medshot: note: {too_few(len(files), options)}", file=sys.stderr)
+    if fallback(shot, files, options):
         return None
     keys = [str(f.resolve()) for f in files]
     stems = dict(zip(keys, stems))
@@ -190,9 +198,8 @@ def run_in_batch_mode(args, spec, shot, files: list[Path], stems: list[str], set
     def stage_spec(name: str, work) -> BatchSpec:
         return BatchSpec(f"{spec.command} {name}", "found.csv", STAGE_HEADER, work, spec.unit)
 
-    print(f"{spec.command}: batch mode, pass 1 (the template alone)", file=sys.stderr)
     run(stage_spec("pass1", first_work), stage, files, stage.folder / "pass1", {**batch_settings, "stage": "pass1"})
-    confidences = _confidences(stage.folder / "pass1", keys, stems)
+    confidences = _confidences(stage.folder / "pass1", keys, stems, stage.reasons)
     signatures = [_signature(stage.folder / "pass1", stems[k]) for k in keys]
     ok = [i for i, s in enumerate(signatures) if s is not None]
     similarity = np.full((len(keys), len(keys)), -np.inf)
@@ -208,12 +215,11 @@ def run_in_batch_mode(args, spec, shot, files: list[Path], stems: list[str], set
         name = f"round{plan.round}"
         stage.helpers = {keys[i]: [keys[j] for j in helpers[i]] for i in helpers}
         todo = [files[i] for i in sorted(helpers)]
-        print(f"{spec.command}: batch mode, {name}: {len(todo)} targets matched again", file=sys.stderr)
         depends = {k: [[h, stage.pool[h], _digest(stage.folder / stage.pool[h] / (stems[h] + ".found.pkl"))]
                        for h in hs] for k, hs in stage.helpers.items()}
         run(stage_spec(name, again_work), stage, todo, stage.folder / name,
             {**batch_settings, "stage": name, "depends": _digest_text(json.dumps(depends, sort_keys=True))})
-        again = _confidences(stage.folder / name, keys, stems)
+        again = _confidences(stage.folder / name, keys, stems, stage.reasons)
         done = {i: again[i] for i in helpers if np.isfinite(again[i])}
         for i in done:
             stage.latest[keys[i]] = name
@@ -228,8 +234,8 @@ def run_in_batch_mode(args, spec, shot, files: list[Path], stems: list[str], set
     return run(final, stage, files, args.out, final_settings)
 
 
-def _confidences(folder: Path, keys: list[str], stems: dict[str, str]) -> list[float]:
-    """Each target's confidence from a stage's table (NaN: failed or absent)."""
+def _confidences(folder: Path, keys: list[str], stems: dict[str, str], reasons: dict[str, str]) -> list[float]:
+    """Each target's confidence from a stage's table (NaN: failed or absent; ``reasons`` gets why it failed)."""
     rows = {}
     table = folder / "found.csv"
     if table.is_file():
@@ -242,6 +248,8 @@ def _confidences(folder: Path, keys: list[str], stems: dict[str, str]) -> list[f
         ok = row is not None and row["status"] != "failed" and row["confidence"] not in ("", None) \
             and (folder / (stems[k] + ".found.pkl")).is_file()
         out.append(float(row["confidence"]) if ok else float("nan"))
+        if row is not None and row["status"] == "failed" and row.get("reason"):
+            reasons.setdefault(k, row["reason"])
     return out
 
 

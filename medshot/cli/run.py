@@ -162,18 +162,23 @@ def _mask_suffix(target: Path) -> str:
 
 def _run(args: argparse.Namespace, spec, shot, files: list[Path]) -> int:
     from .batch import run_batch
-    from .batch_mode import batch_options, run_in_batch_mode
+    from .batch_mode import batch_options, fallback, run_in_batch_mode
 
     if hasattr(shot, "templates"):  # several templates: each row says how much each counted
         spec.header = [*spec.header[:-2], "templates", *spec.header[-2:]]
     settings = batch_settings(args, getattr(shot, "templates", [shot.template]))
     options = batch_options(args)
+    note = ""
     if options is not None:
         code = run_in_batch_mode(args, spec, shot, files, refuse_colliding_stems(files), settings, options)
         if code is not None:
             return code
-    return run_batch(spec, shot, files, args.out, settings, resume=args.resume, workers=args.workers,
+        note = fallback(shot, files, options)
+    code = run_batch(spec, shot, files, args.out, settings, resume=args.resume, workers=args.workers,
                      scheduler=args.scheduler, quiet=args.quiet)
+    if note:
+        print(f"medshot: note: {note}", file=sys.stderr)
+    return code
 
 
 # ------------------------------------------------------------------------------------------------
