@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.errors import MedshotError
-from ..pipeline.batch import Batch, BatchOptions, Found, Plan, descriptor, similarity_matrix, too_few, unique_names
+from ..pipeline.batch import Batch, BatchOptions, Found, descriptor, plan_of, too_few, unique_names
 from ..pipeline.result import score_status
 
 BATCH_FOLDER = ".medshot-batch"
@@ -90,14 +90,15 @@ class StageShot:
     def load(self, target):
         return self.batch.shot.load(target)
 
-    def found(self, key: str, stage: str | None = None) -> Found:
+    def found(self, key: str, stage: str | None = None, image=None) -> Found:
+        """A stage's result for target ``key`` (its latest by default), with its image (``image``: already loaded)."""
         stage = stage or self.latest.get(key, "pass1")
         path = self.folder / stage / (self.stems[key] + ".found.pkl")
         if not path.is_file():
             reason = self.reasons.get(key) or f"batch mode: its {stage} result is missing (that stage failed for it)"
             raise MedshotError(reason, key)
         found = pickle.loads(path.read_bytes())
-        _attach(found, self.load(key))
+        _attach(found, self.load(key) if image is None else image)
         return found
 
     def segment(self, image):
@@ -151,7 +152,7 @@ def again_work(stage: StageShot, path: Path) -> tuple[dict[str, bytes], list[lis
     """One round for one target: pass 1 fused with its pool members' results in it."""
     key = str(path)
     first = stage.found(key, "pass1")
-    latest = stage.found(key)
+    latest = stage.found(key, image=first.result.image)
     helpers = [(stage.names[h], stage.found(h, stage.pool[h])) for h in stage.helpers[key]]
     return _stage_files(stage, key, stage.batch.again(first, helpers, latest.matched))
 
@@ -175,15 +176,13 @@ def fallback(shot, files: list[Path], options: BatchOptions) -> str:
 
 
 def run_in_batch_mode(args, spec, shot, files: list[Path], stems: list[str], settings: dict,
-                      options: BatchOptions) -> int | None:
-    """``medshot segment/localize`` in batch mode; None when it does not apply (the caller runs the plain pass).
+                      options: BatchOptions) -> int:
+    """``medshot segment/localize`` in batch mode (the caller checked :func:`fallback` first).
 
     ``stems``: each target's output stem, in the order of ``files``.
     """
     from .batch import BatchSpec, run_batch
 
-    if fallback(shot, files, options):
-        return None
     keys = [str(f.resolve()) for f in files]
     stems = dict(zip(keys, stems))
     batch = Batch(shot, options, landmarks=spec.command == "localize", masks=spec.command == "segment")
@@ -201,15 +200,7 @@ def run_in_batch_mode(args, spec, shot, files: list[Path], stems: list[str], set
     run(stage_spec("pass1", first_work), stage, files, stage.folder / "pass1", {**batch_settings, "stage": "pass1"})
     confidences = _confidences(stage.folder / "pass1", keys, stems, stage.reasons)
     signatures = [_signature(stage.folder / "pass1", stems[k]) for k in keys]
-    ok = [i for i, s in enumerate(signatures) if s is not None]
-    similarity = np.full((len(keys), len(keys)), -np.inf)
-    if ok:
-        sub = similarity_matrix([signatures[i] for i in ok])
-        similarity[np.ix_(ok, ok)] = sub
-    to_template = np.full(len(keys), np.nan)
-    if ok:
-        to_template[ok] = np.array([signatures[i] for i in ok]) @ descriptor(shot.template.image, shot.window)
-    plan = Plan(similarity, confidences, options, to_template)
+    plan = plan_of(signatures, confidences, options, descriptor(shot.template.image, shot.window))
     stage.pool = {keys[i]: "pass1" for i in plan.pool}
     while (helpers := plan.next()) is not None:
         name = f"round{plan.round}"

@@ -168,12 +168,9 @@ def _run(args: argparse.Namespace, spec, shot, files: list[Path]) -> int:
         spec.header = [*spec.header[:-2], "templates", *spec.header[-2:]]
     settings = batch_settings(args, getattr(shot, "templates", [shot.template]))
     options = batch_options(args)
-    note = ""
-    if options is not None:
-        code = run_in_batch_mode(args, spec, shot, files, refuse_colliding_stems(files), settings, options)
-        if code is not None:
-            return code
-        note = fallback(shot, files, options)
+    note = "" if options is None else fallback(shot, files, options)
+    if options is not None and not note:
+        return run_in_batch_mode(args, spec, shot, files, refuse_colliding_stems(files), settings, options)
     code = run_batch(spec, shot, files, args.out, settings, resume=args.resume, workers=args.workers,
                      scheduler=args.scheduler, quiet=args.quiet)
     if note:

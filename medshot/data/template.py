@@ -105,8 +105,7 @@ class Template:
             return self._mask
         if self.mask_path is None:
             return None
-        if self._mask is None:
-            self._mask, self._label_values = read_label_map(self.mask_path, self.image)
+        self._mask, self._label_values = read_label_map(self.mask_path, self.image)
         return self._mask
 
     @property

@@ -10,10 +10,11 @@ images (propagation) even where the template itself is too far from a target.
 
 The rules that keep it honest:
 
-- a target never serves as its own template, and the original template always counts (weight 1);
+- a target never serves as its own template, and the original template always counts (by default it
+  weighs as much as its helpers together: ``BatchOptions.original_weight``);
 - a pseudo-template's fusion weight is multiplied by its own score, and only targets whose every
-  label and landmark scores at least ``min_confidence`` join the pool (an outlier, e.g. another
-  anatomy, scores low and is never used);
+  label and landmark scores at least ``min_confidence`` join the pool; outliers (another anatomy, a
+  failed image: far from the template by whole-image signature, :func:`outliers`) never do;
 - a pseudo-template keeps the result with which it joined the pool; rounds are synchronous, so the
   results are the same whatever the order or the number of workers;
 - batches smaller than ``min_targets`` get the plain pass (``Batch.note`` says so).
@@ -265,9 +266,8 @@ class Batch:
             return [f.result for f in found]
         names = target_names(images)
         signatures = [descriptor(image, self.shot.window) for image in images]
-        to_template = np.array(signatures) @ descriptor(self.shot.template.image, self.shot.window)
-        self.plan = plan = Plan(similarity_matrix(signatures), [f.confidence for f in found], self.options,
-                                to_template)
+        self.plan = plan = plan_of(signatures, [f.confidence for f in found], self.options,
+                                   descriptor(self.shot.template.image, self.shot.window))
         first, found = found, list(found)
         # a pseudo-template keeps the result with which it joined the pool
         pool = {i: found[i] for i in plan.pool}
@@ -355,6 +355,20 @@ class Plan:
     def summary(self) -> str:
         return (f"batch mode: {len(self.pool)} of {len(self.chosen)} targets served as pseudo-templates, "
                 f"{self.round} round(s)")
+
+
+def plan_of(signatures: list[np.ndarray | None], confidences: list[float], options: BatchOptions,
+            template_signature: np.ndarray) -> Plan:
+    """The :class:`Plan` of a batch from its targets' :func:`descriptor` (None: the target has none, as
+    after a failed first pass; it is similar to nothing) and the template's."""
+    have = [i for i, s in enumerate(signatures) if s is not None]
+    similarity = np.full((len(signatures), len(signatures)), -np.inf)
+    to_template = np.full(len(signatures), np.nan)
+    if have:
+        stacked = [signatures[i] for i in have]
+        similarity[np.ix_(have, have)] = similarity_matrix(stacked)
+        to_template[have] = np.array(stacked) @ template_signature
+    return Plan(similarity, confidences, options, to_template)
 
 
 def similarity_matrix(signatures: list[np.ndarray]) -> np.ndarray:
