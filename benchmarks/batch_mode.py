@@ -46,9 +46,12 @@ from medshot.pipeline.ensemble import fuse_results
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from evaldata_2d import DEFAULT_DATA, TASKS, roc_auc  # noqa: E402
+from evaldata_3d import TASKS as TASKS_3D  # noqa: E402
 from fusion_2d import median_ned, table_dice  # noqa: E402
 
-VOLUME_TASKS = {"hippocampus_3d": "mr_hippocampus_msd/volumes", "openkbp_3d": "ct_headneck_oar_openkbp/volumes"}
+VOLUME_TASKS = {f"{name}_3d": task["folder"] for name, task in TASKS_3D.items()}
+# the CT window that evaldata_3d.py evaluates the volumes with (2D tasks: their images are already 8-bit)
+WINDOWS = {f"{name}_3d": task["window"] for name, task in TASKS_3D.items()}
 VARIANTS = {"k1": dict(neighbours=1), "k3": dict(neighbours=3), "ow1": dict(original_weight=1.0),
             "k3ow1": dict(neighbours=3, original_weight=1.0), "r1": {}, "noconsensus": {}, "m2": {}, "m3": {}}
 
@@ -95,7 +98,7 @@ def measure(result, truth, truth_points, shape) -> tuple[float, float, list[tupl
 
 def run_task(task: str, folder: Path, split: str, variants: list[str], max_templates: int | None) -> dict:
     dataset = discover_dataset(folder)
-    runner = runner_for(dataset.kind)
+    runner = runner_for(dataset.kind, WINDOWS.get(task))
     names = split_cases([c.name for c in dataset.cases], split)
     cases = {c.name: c for c in dataset.cases if c.name in names}
     templates = {n: runner.make_template(cases[n], dataset.label_names) for n in names}
@@ -202,7 +205,7 @@ def outlier_spread(task: str, folder: Path, split: str) -> str:
     """Per template of the half: how far its targets' signature similarity to it falls below their median
     (the largest drop), and how many targets :func:`medshot.pipeline.batch.outliers` calls outliers."""
     dataset = discover_dataset(folder)
-    runner = runner_for(dataset.kind)
+    runner = runner_for(dataset.kind, WINDOWS.get(task))
     names = split_cases([c.name for c in dataset.cases], split)
     cases = {c.name: c for c in dataset.cases if c.name in names}
     templates = {n: runner.make_template(cases[n], dataset.label_names) for n in names}

@@ -63,6 +63,13 @@ def test_an_outlier_target_is_never_a_pseudo_template():
         assert "target 5" not in result.templates  # ... is nobody's template
     for result in results[:-1]:
         assert len(result.templates) > 1  # the others did get pseudo-templates
+    # a pseudo-template is built once: a later round (a command-line worker) need not reread its image
+    helpers = {name for result in results for name in result.templates} - {"image"}
+    assert helpers
+    for name in helpers:
+        assert not batch.needs_image(name, {})
+    assert batch.needs_image("target 5", {})
+    assert not batch.needs_image("target 5", {"target 5": None})  # matched with it in an earlier round
 
 
 def test_a_plan_never_gives_a_target_itself_and_breaks_ties_by_order():
@@ -169,3 +176,42 @@ def test_cli_batch_mode_off_and_bad_options(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--batch-neighbours must be at least 1" in err and "Traceback" not in err
     assert not (tmp_path / "bad").exists()
+
+
+# -- napari run panel's runner (no Qt) --------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_run_panel_batch_mode_replaces_pass_one_with_the_batch_result(tmp_path):
+    from medshot.napari.runner import run_targets
+
+    template, targets = _write_batch(tmp_path / "in")
+    yielded = list(run_targets(template, targets, tmp_path / "out", "segment", batch_mode=True))
+    outcomes = [y for y in yielded if not isinstance(y, str)]
+    notes = [y for y in yielded if isinstance(y, str)]
+    assert [o.path for o in outcomes] == targets * 2  # pass 1, then the batch result of every target
+    assert any("pseudo-templates" in note for note in notes)
+    api = Batch(OneShot(Template.load(template)), BatchOptions(), landmarks=False).run(targets)
+    for target, outcome, result in zip(targets, outcomes[4:], api):
+        np.testing.assert_array_equal(outcome.label_map, result.label_map)
+        np.testing.assert_array_equal(np.asarray(PILImage.open(tmp_path / "out" / (target.stem + "_mask.png"))),
+                                      result.label_map)
+    assert len(_table(tmp_path / "out" / "review.csv")) == 4
+
+
+@pytest.mark.slow
+def test_run_panel_batch_mode_cancelled_in_the_rounds_keeps_pass_one(tmp_path):
+    from medshot.napari.runner import run_targets
+
+    template, targets = _write_batch(tmp_path / "in")
+    seen = []
+    run = run_targets(template, targets, tmp_path / "out", "segment", batch_mode=True,
+                      cancelled=lambda: len(seen) >= 4)  # the user cancels once pass 1 is done
+    for y in run:
+        if not isinstance(y, str):
+            seen.append(y)
+    assert [o.path for o in seen] == targets  # no batch results ...
+    shot = OneShot(Template.load(template))
+    for target in targets:  # ... and pass 1's outputs stay
+        np.testing.assert_array_equal(np.asarray(PILImage.open(tmp_path / "out" / (target.stem + "_mask.png"))),
+                                      shot.run(target, landmarks=False).label_map)

@@ -119,6 +119,25 @@ def test_cancel_stops_the_worker_after_the_current_target(make_napari_viewer, qt
     assert panel.status.text().startswith("cancelled")
 
 
+def test_batch_mode_replaces_each_target_with_its_batch_result(make_napari_viewer, qtbot, setup, tmp_path):
+    tj, targets = setup
+    for i, src in enumerate([targets / "target_1.png", targets / "target_2.png"] * 2):
+        (tmp_path / f"copy_{i}.png").write_bytes(src.read_bytes())
+    viewer = make_napari_viewer()
+    panel = _panel(viewer, tj)
+    assert panel.batch_check.isChecked()  # the default, as on the command line
+    panel.task_combo.setCurrentText("segment")
+    panel.set_targets([tmp_path / f"copy_{i}.png" for i in range(4)])
+    panel.set_output(tmp_path / "out")
+    with qtbot.waitSignal(panel.run_finished, timeout=RUN_TIMEOUT_MS):
+        panel.run()
+    assert panel.progress.maximum() == 8 and panel.progress.value() == 8  # pass 1 and the batch result
+    assert sorted(o.stem for o in panel.outcomes) == [f"copy_{i}" for i in range(4)]
+    assert "pseudo-templates" in panel.status.text()
+    names = [layer.name for layer in viewer.layers]
+    assert names.count("copy_0 mask") == 1  # the batch result replaced pass 1's layers
+
+
 def test_a_failing_target_is_listed_first_with_its_reason(make_napari_viewer, qtbot, setup, tmp_path):
     tj, targets = setup
     save_png(tmp_path / "flat.png", np.full((40, 40), 7, np.uint8))

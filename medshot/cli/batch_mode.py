@@ -90,15 +90,17 @@ class StageShot:
     def load(self, target):
         return self.batch.shot.load(target)
 
-    def found(self, key: str, stage: str | None = None, image=None) -> Found:
-        """A stage's result for target ``key`` (its latest by default), with its image (``image``: already loaded)."""
+    def found(self, key: str, stage: str | None = None, image=None, with_image: bool = True) -> Found:
+        """A stage's result for target ``key`` (its latest by default), with its image (``image``: already
+        loaded; ``with_image=False``: none, for a result whose image nobody will read)."""
         stage = stage or self.latest.get(key, "pass1")
         path = self.folder / stage / (self.stems[key] + ".found.pkl")
         if not path.is_file():
             reason = self.reasons.get(key) or f"batch mode: its {stage} result is missing (that stage failed for it)"
             raise MedshotError(reason, key)
         found = pickle.loads(path.read_bytes())
-        _attach(found, self.load(key) if image is None else image)
+        if with_image:
+            _attach(found, self.load(key) if image is None else image)
         return found
 
     def segment(self, image):
@@ -153,7 +155,10 @@ def again_work(stage: StageShot, path: Path) -> tuple[dict[str, bytes], list[lis
     key = str(path)
     first = stage.found(key, "pass1")
     latest = stage.found(key, image=first.result.image)
-    helpers = [(stage.names[h], stage.found(h, stage.pool[h])) for h in stage.helpers[key]]
+    # a helper's image is read only to build its pseudo-template, which this worker may already hold, and
+    # only for a helper not matched with this target in an earlier round (volumes are costly to reread)
+    helpers = [(stage.names[h], stage.found(h, stage.pool[h], with_image=stage.batch.needs_image(
+        stage.names[h], latest.matched))) for h in stage.helpers[key]]
     return _stage_files(stage, key, stage.batch.again(first, helpers, latest.matched))
 
 

@@ -9,6 +9,11 @@ adds its image, label map and landmarks (coloured by confidence, red 0 to green 
 row to the table, which is kept sorted weakest score first; selecting a row shows that target.
 "Save corrections" writes the selected target's edited label map and moved landmarks beside the
 outputs (:func:`.runner.save_corrections`).
+
+"Batch mode" (on by default, as in ``medshot segment`` / ``localize``; from 4 targets) runs pass 1 as
+above, then matches every target again with the confident targets most like it as extra templates
+(:class:`medshot.pipeline.batch.Batch`): each target's row, layers and outputs are replaced by its
+batch result, the progress bar counts both passes and the status line says what the batch did.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import numpy as np
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import (
     QAbstractItemView,
+    QCheckBox,
     QComboBox,
     QFileDialog,
     QFormLayout,
@@ -37,7 +43,15 @@ from qtpy.QtWidgets import (
 
 from ..core.errors import MedshotError
 from .layers import frame_for, frame_of, image_layer, landmarks_layer, mask_layer, role_of
-from .runner import TASKS, TargetOutcome, review_order, runnable_backbones, runnable_segmenters, save_corrections
+from .runner import (
+    TASKS,
+    TargetOutcome,
+    review_order,
+    runnable_backbones,
+    runnable_segmenters,
+    runs_in_batch_mode,
+    save_corrections,
+)
 from .widgets import with_button
 
 
@@ -56,6 +70,7 @@ class RunPanel(QWidget):
         self.viewer = napari_viewer
         self.worker = None
         self.outcomes: list[TargetOutcome] = []
+        self.batch_notes: list[str] = []  # the last run's
         self.result_layers: dict[str, list] = {}
         self._cancel = threading.Event()
         self._total = 0
@@ -93,6 +108,9 @@ class RunPanel(QWidget):
         form.addRow("Backbone", self.backbone_combo)
         form.addRow("Segmenter", self.segmenter_combo)
         form.addRow("Task", self.task_combo)
+        self.batch_check = QCheckBox("batch mode: confident targets become extra templates (4 targets or more)")
+        self.batch_check.setChecked(True)  # as `medshot segment` / `localize` do by default
+        form.addRow("", self.batch_check)
         self.out_edit = QLineEdit()
         form.addRow("Output", with_button(self.out_edit, "…", self._browse_out))
         layout.addLayout(form)
@@ -173,19 +191,22 @@ class RunPanel(QWidget):
             raise MedshotError("choose a template, at least one target and an output folder")
         targets = list_targets(self.targets(), is_volume_template(template))
         self._cancel.clear()
+        self.batch_notes = []
         self._total = len(targets)
-        self.progress.setRange(0, self._total)
+        batch_mode = runs_in_batch_mode(self._total, self.batch_check.isChecked())
+        self.progress.setRange(0, self._total * (2 if batch_mode else 1))  # batch mode: pass 1, then the rounds
         self.progress.setValue(0)
         worker = create_worker(run_targets, template, targets, out, self.task_combo.currentText(),
                                self.backbone_combo.currentText(), self.segmenter_combo.currentText(),
-                               cancelled=self._cancel.is_set, _start_thread=False)
+                               cancelled=self._cancel.is_set, batch_mode=self.batch_check.isChecked(),
+                               _start_thread=False)
         worker.yielded.connect(self._add_outcome)
         worker.errored.connect(lambda exc: self.status.setText(f"stopped: {exc}"))
         worker.finished.connect(self._finished)
         self.worker = worker
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
-        self.status.setText(f"running {self._total} target(s)…")
+        self.status.setText(f"running {self._total} target(s)" + (" in batch mode…" if batch_mode else "…"))
         worker.start()
         return worker
 
@@ -209,14 +230,18 @@ class RunPanel(QWidget):
         n, failed = len(self.outcomes), sum(o.status == "failed" for o in self.outcomes)
         word = "cancelled" if self._cancel.is_set() else "done"
         self.status.setText(f"{word}: {n} of {self._total} target(s), {failed} failed; outputs in "
-                            f"{self.out_edit.text()}")
+                            f"{self.out_edit.text()}" + (f"\n{self.batch_notes[-1]}" if self.batch_notes else ""))
         if self.outcomes:
             self.select(review_order(self.outcomes)[0].stem)
         self.run_finished.emit()
 
-    def _add_outcome(self, outcome: TargetOutcome) -> None:
+    def _add_outcome(self, outcome: TargetOutcome | str) -> None:
+        if isinstance(outcome, str):  # batch mode's notes
+            self.status.setText(outcome)
+            self.batch_notes.append(outcome)
+            return
         self.outcomes = [o for o in self.outcomes if o.stem != outcome.stem] + [outcome]
-        self.progress.setValue(min(self._total, self.progress.value() + 1))
+        self.progress.setValue(min(self.progress.maximum(), self.progress.value() + 1))
         for layer in self.result_layers.pop(outcome.stem, []):
             if layer in self.viewer.layers:
                 self.viewer.layers.remove(layer)

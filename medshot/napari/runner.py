@@ -87,10 +87,23 @@ def list_targets(paths: list[str | Path], volume: bool) -> list[Path]:
     return files
 
 
+def runs_in_batch_mode(count: int, batch_mode: bool) -> bool:
+    """Whether :func:`run_targets` runs ``count`` targets in batch mode (too few: the plain pass, as the CLI)."""
+    from ..pipeline.batch import BatchOptions
+
+    return batch_mode and count >= BatchOptions().min_targets
+
+
 def run_targets(template_path: str | Path, targets: list[Path], out: str | Path, task: str = "localize + segment",
                 backbone: str = "classical", segmenter: str = "classical",
-                cancelled: Callable[[], bool] = lambda: False) -> Iterator[TargetOutcome]:
+                cancelled: Callable[[], bool] = lambda: False,
+                batch_mode: bool = False) -> Iterator[TargetOutcome | str]:
     """Yield one :class:`TargetOutcome` per target; stop before the next target once ``cancelled()``.
+
+    With ``batch_mode`` (and enough targets, :func:`runs_in_batch_mode`) every target is yielded twice:
+    after pass 1 (its outputs written, as in the plain pass), then after the rounds with pseudo-templates
+    (:class:`medshot.pipeline.batch.Batch`; its outputs replaced). Between the two it yields notes (str) on
+    the batch. Cancelled during the rounds, the targets keep the last complete round (or pass 1).
 
     Raises
     ------
@@ -110,25 +123,84 @@ def run_targets(template_path: str | Path, targets: list[Path], out: str | Path,
         raise MedshotError(f"the template has nothing to {task}", template_path)
     shot = OneShot(template, backbone=backbone, segmenter=segmenter)  # refuses a segmenter that cannot take it
     out = make_output_dir(out)
+    paths = list(map(Path, targets))
+    if runs_in_batch_mode(len(paths), batch_mode):
+        yield from _run_batch(shot, paths, out, want_landmarks, want_masks, cancelled)
+        return
     done: list[TargetOutcome] = []
-    for path in map(Path, targets):
+    for path in paths:
         if cancelled():
             return
-        outcome = _run_one(shot, path, out, want_landmarks, want_masks)
+        outcome = _run_one(shot, path, out, want_landmarks, want_masks,
+                           lambda image: shot.run(image, landmarks=want_landmarks, masks=want_masks))
         done.append(outcome)
         _write_review(out, done)
         yield outcome
 
 
-def _run_one(shot, path: Path, out: Path, landmarks: bool, masks: bool) -> TargetOutcome:
+class _Cancelled(Exception):
+    pass
+
+
+def _run_batch(shot, paths: list[Path], out: Path, landmarks: bool, masks: bool,
+               cancelled: Callable[[], bool]) -> Iterator[TargetOutcome | str]:
+    from ..pipeline.batch import Batch
+
+    batch = Batch(shot, landmarks=landmarks, masks=masks)
+    done: dict[Path, TargetOutcome] = {}
+    found = {}
+
+    def first(image, path):
+        found[path] = batch.first(image)
+        return found[path].result
+
+    for path in paths:
+        if cancelled():
+            return
+        done[path] = _run_one(shot, path, out, landmarks, masks, lambda image, path=path: first(image, path))
+        _write_review(out, list(done.values()))
+        yield done[path]
+    ok = [p for p in paths if p in found]
+    yield f"batch mode: matching {len(ok)} target(s) again with pseudo-templates…"
+
+    def rounds(function, *iterables):  # a round's map that stops at a cancel (between targets)
+        results = []
+        for args in zip(*iterables):
+            if cancelled():
+                raise _Cancelled
+            results.append(function(*args))
+        return results
+
+    try:
+        results = batch.propagate([found[p] for p in ok], map_function=rounds)
+        yield f"batch mode: {batch.note}"
+    except _Cancelled:
+        if not batch.history:
+            return
+        results = batch.history[-1]
+        yield f"batch mode cancelled: the targets keep round {len(batch.history)} of the batch"
+    except Exception as exc:  # noqa: BLE001 - the rounds only refine: pass 1's outputs stay, and say why
+        yield f"batch mode stopped ({one_line(str(exc))}): the targets keep pass 1"
+        return
+    for path, result in zip(ok, results):
+        done[path] = _run_one(shot, path, out, landmarks, masks, lambda image, result=result: result,
+                              image=result.image)
+        _write_review(out, list(done.values()))
+        yield done[path]
+
+
+def _run_one(shot, path: Path, out: Path, landmarks: bool, masks: bool, match: Callable,
+             image=None) -> TargetOutcome:
+    """One target's outcome and outputs; ``match(image)`` gives its result (``image``: already loaded)."""
     from ..data.image import path_stem
     from ..data.read import check_contrast
 
     stem = path_stem(path)
     try:
-        image = shot.load(path)
-        check_contrast(image.array, path)
-        result = shot.run(image, landmarks=landmarks, masks=masks)
+        if image is None:
+            image = shot.load(path)
+            check_contrast(image.array, path)
+        result = match(image)
     except MedshotError as exc:
         return TargetOutcome(path, stem, reason=one_line(exc.problem if exc.path == path else str(exc)))
     except Exception as exc:  # noqa: BLE001 - isolation, as in a batch: one target's failure ends only it

@@ -243,6 +243,11 @@ class Batch:
         fused.seconds = found.result.seconds + time.perf_counter() - start
         return Found(fused, found.local, confidence_of(fused), matched)
 
+    def needs_image(self, name: str, matched: dict) -> bool:
+        """Whether :meth:`again` will read pool member ``name``'s image (to build its pseudo-template),
+        given what the target's earlier rounds ``matched``."""
+        return name not in matched and name not in self._pseudo
+
     def _helper_shot(self, name: str, helper: Found) -> OneShot:
         if name not in self._pseudo:
             self._pseudo[name] = self.shot.like(pseudo_template(self.shot.template, helper.result, name))
