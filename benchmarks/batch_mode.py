@@ -183,6 +183,7 @@ def run_task(task: str, folder: Path, split: str, variants: list[str], max_templ
                       ned=float(np.median(neds)) if neds else np.nan,
                       per_template_ned=[float(np.median([n for _, n in v])) for v in rows[m].values() if v]
                       if neds else None)
+        out[m]["pairs"] = scores[m]
         if scores[m]:
             s, d = np.array(scores[m]).T
             out[m]["auc"] = roc_auc(s, d < 0.5) if 0 < np.sum(d < 0.5) < len(d) else float("nan")
@@ -251,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
                                                       for m in methods)
           + " | " + " | ".join(f"{m} AUC" for m in methods) + " | batch ÷ single s/target |")
     print("|---|---:|" + "---|" * (2 * len(methods)) + "---:|")
+    pooled = {m: [] for m in methods}  # (label score, label Dice) of every task run, per method
     for task in parse_list(args.tasks):
         folder = data / {**TASKS, **VOLUME_TASKS}[task]
         try:
@@ -274,6 +276,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {task} | {r['templates']} × {r['pairs'] // max(r['templates'], 1)} | "
               + " | ".join(cell(m) for m in methods) + " | " + " | ".join(auc(m) for m in methods)
               + f" | {r['ratio']:.2f} |", flush=True)
+        for m in methods:
+            pooled[m] += r[m]["pairs"]
+    cells = []
+    for m in methods:
+        if pooled[m]:
+            s, d = np.array(pooled[m]).T
+            misses = int(np.sum(d < 0.5))
+            auc = roc_auc(s, d < 0.5) if 0 < misses < len(d) else float("nan")
+            cells.append(f"{m} {auc:.2f} ({misses} misses of {len(d)} labels)")
+    if cells:
+        print("\nScore AUC (Dice < 0.5), pooled over the tasks of this run: " + "; ".join(cells))
     return 0
 
 
