@@ -72,6 +72,17 @@ def test_an_outlier_target_is_never_a_pseudo_template():
     assert not batch.needs_image("target 5", {"target 5": None})  # matched with it in an earlier round
 
 
+@pytest.mark.slow
+def test_the_template_among_the_targets_gets_itself_back():
+    case = make_phantom((96, 112))
+    shot = OneShot(_template(case.image, case.mask))
+    others = [from_array(swirl(place(case, 8 * (i - 1.5), 1.0, seed=i), 25 * i, seed=i).image) for i in range(4)]
+    batch = Batch(shot)
+    itself = batch.run([from_array(case.image.copy()), *others])[0]
+    assert len(itself.templates) > 1  # pseudo-templates did take part ...
+    np.testing.assert_array_equal(itself.label_map, case.mask)  # ... and the template's own labels stay exact
+
+
 def test_a_plan_never_gives_a_target_itself_and_breaks_ties_by_order():
     similarity = np.array([[1.0, 0.5, 0.5], [0.5, 1.0, 0.9], [0.5, 0.9, 1.0]])
     assert nearest(similarity, 0, [2, 1, 0], 2) == [1, 2]

@@ -129,3 +129,20 @@ def test_labels_are_carried_at_the_targets_resolution(max_voxels):
     out = carry_labels(mask, [1, 2, 3], Correspondence(backward, eye, chosen, [chosen]), grid, grid, mask.shape,
                        max_voxels, np.uint8)
     np.testing.assert_array_equal(out, mask)
+
+
+@pytest.mark.slow
+def test_batch_mode_gives_a_thick_slice_template_itself_back():
+    """Batch mode fuses pseudo-templates into every target: the template among them must still come back."""
+    from medshot.pipeline.batch import Batch
+
+    image, labels, points = _volume(64, 6.16, "LPS", 0.0)  # the 1.25 x 1.25 x 7.7 mm voxel shape
+    shot = OneShot(_template(image, labels, points))
+    others = [_volume(64, 6.16, "LPS", 0.0, Warp3D(shift=np.array([2.0 * i - 3, 1.5 - i, 0.5 * i]),
+                                                    amplitude=1.0 + 0.5 * i))[0] for i in range(3)]
+    batch = Batch(shot)
+    itself = batch.run([image, *others])[0]
+    assert len(itself.templates) > 1, batch.note  # pseudo-templates took part
+    for label in (1, 2):
+        assert dice(itself.label_map == label, labels == label) >= 0.99, (label, itself.scores)
+    assert np.abs(itself.landmark_points - points).max() <= 1.0
