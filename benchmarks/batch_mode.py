@@ -38,10 +38,12 @@ from pathlib import Path
 import numpy as np
 
 from medshot import MedshotError, OneShot
+from medshot.data.read import read_label_map
 from medshot.evaluation.dataset import discover_dataset
 from medshot.evaluation.plan import parse_list, split_cases
 from medshot.evaluation.runner import runner_for
-from medshot.pipeline.batch import Batch, BatchOptions, Found, descriptor, outliers
+from medshot.match.signature import image_signature
+from medshot.pipeline.batch import Batch, BatchOptions, Found, outliers
 from medshot.pipeline.ensemble import fuse_results
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -109,12 +111,17 @@ def run_task(task: str, folder: Path, split: str, variants: list[str], max_templ
             t.landmarks = []  # segmentation tasks: labels only (derived centroids are not what is measured)
     shots = {n: OneShot(templates[n]) for n in names}
     images = {n: shots[n].load(cases[n].image) for n in names}
-    truth = {n: runner.truth(cases[n]) if cases[n].mask is not None else None for n in names}
-    points = {n: {lm.name: np.asarray(lm.point, float) for lm in cases[n].landmarks} for n in names}
+    # truth on the array medshot matches on (volumes: canonical RAS voxels, not the file's own axis order)
+    truth = {n: read_label_map(cases[n].mask, images[n])[0] if cases[n].mask is not None else None for n in names}
+    points = {n: {lm.name: images[n].source_to_index(lm.point)[0] for lm in cases[n].landmarks} for n in names}
     batches = {n: SharedBatch(shots[n], landmarks=landmarks, masks=masks) for n in names}
+    template_names = names[:max_templates] if max_templates else names
+    # pass 1 only where a table needs it: the templates' rows and their fused3 helpers' rows (the two after
+    # the template, or the third when the target is one of them)
+    rows_needed = {names[(names.index(t) + k) % len(names)] for t in template_names for k in range(4)}
     first: dict[tuple[str, str], Found] = {}
     seconds_first = {n: 0.0 for n in names}
-    for t in names:
+    for t in [n for n in names if n in rows_needed]:
         for g in names:
             if g != t:
                 start = time.perf_counter()
@@ -128,7 +135,6 @@ def run_task(task: str, folder: Path, split: str, variants: list[str], max_templ
     rows = {m: {} for m in methods}  # method -> template -> list of (dice, ned)
     scores = {m: [] for m in methods}
     seconds_batch = {}
-    template_names = names[:max_templates] if max_templates else names
     for t in template_names:
         others = [g for g in names if g != t]
         ok = [g for g in others if first[t, g] is not None]
@@ -210,7 +216,7 @@ def outlier_spread(task: str, folder: Path, split: str) -> str:
     names = split_cases([c.name for c in dataset.cases], split)
     cases = {c.name: c for c in dataset.cases if c.name in names}
     templates = {n: runner.make_template(cases[n], dataset.label_names) for n in names}
-    signatures = {n: descriptor(templates[n].image, templates[n].window) for n in names}
+    signatures = {n: image_signature(templates[n].image, templates[n].window) for n in names}
     drops, flagged = [], 0
     for t in names:
         values = np.array([signatures[g] @ signatures[t] for g in names if g != t])

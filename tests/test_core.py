@@ -99,6 +99,18 @@ def test_intensity_window_and_percentiles():
     assert not apply_range(np.ones(5), (3.0, 3.0)).any()  # a flat image maps to zeros, not NaN
 
 
+@pytest.mark.parametrize("dtype", [np.int16, np.uint8, np.float32, np.float64])
+def test_apply_range_is_the_float32_formula_and_leaves_its_input_alone(dtype):
+    """apply_range works in place on one new array (a CT's memory peak); values stay those of the plain
+    float32 formula, bit for bit, and the input is never written."""
+    values = np.random.default_rng(0).normal(100, 80, (40, 30)).clip(0, 250).astype(dtype)
+    before = values.copy()
+    mapped = apply_range(values, (20.3, 180.7))
+    expected = np.clip((values.astype(np.float32) - 20.3) / (180.7 - 20.3), 0.0, 1.0).astype(np.float32)
+    assert mapped.dtype == np.float32 and np.array_equal(mapped, expected)
+    assert np.array_equal(values, before) and not np.shares_memory(mapped, values)
+
+
 @pytest.mark.parametrize("ndim", [2, 3])
 def test_prompt_points_lie_inside_and_just_outside_the_region(ndim):
     shape = SHAPES[ndim]

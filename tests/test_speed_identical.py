@@ -68,6 +68,23 @@ def test_the_spectra_cache_is_bounded(monkeypatch):
     assert list(bank._spectra) == [(200, 200)]
 
 
+def test_the_overlap_factors_cache_is_bounded_in_bytes(monkeypatch):
+    """Per search shape the factors are two real arrays per angle (3D: tens of MB each size): a batch of
+    volumes of many sizes once held up to 32 sizes of them (hippocampus volumes: 0.2 GB more per target)."""
+    phantom = make_phantom((64, 64))
+    bank = build_bank(phantom.image, phantom.mask > 0, _describe, SearchOptions())
+    options = SearchOptions()
+    bank.factors((40, 40), options)
+    one = search_module._nbytes(bank._factors[(40, 40)])
+    assert one > 0
+    monkeypatch.setattr(search_module, "CACHED_BYTES", int(2.5 * one))
+    for n in range(41, 47):
+        bank.factors((n, 40), options)
+    held = sum(search_module._nbytes(v) for v in bank._factors.values())
+    assert held <= 2.5 * one * 1.1 and len(bank._factors) == 2
+    assert list(bank._factors)[-1] == (46, 40)  # the newest kept, the oldest gone
+
+
 @pytest.mark.parametrize("deformation", ["features", "auto"])
 def test_the_kept_refinement_grid_deforms_as_a_new_one(deformation, monkeypatch):
     """deform_verified reuses the affine stage's refinement grid: the same field as describing it anew,

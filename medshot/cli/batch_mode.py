@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from ..core.errors import MedshotError
-from ..pipeline.batch import Batch, BatchOptions, Found, descriptor, plan_of, too_few, unique_names
+from ..match.signature import image_signature
+from ..pipeline.batch import Batch, BatchOptions, Found, plan_of, too_few, unique_names
 from ..pipeline.result import score_status
 
 BATCH_FOLDER = ".medshot-batch"
@@ -145,7 +146,7 @@ def first_work(stage: StageShot, path: Path) -> tuple[dict[str, bytes], list[lis
     found = stage.batch.first(image)
     files, rows = _stage_files(stage, key, found)
     buffer = io.BytesIO()
-    np.save(buffer, descriptor(image, stage.window))
+    np.save(buffer, image_signature(image, stage.window))
     files[stage.stems[key] + ".sig.npy"] = buffer.getvalue()
     return files, rows
 
@@ -205,7 +206,7 @@ def run_in_batch_mode(args, spec, shot, files: list[Path], stems: list[str], set
     run(stage_spec("pass1", first_work), stage, files, stage.folder / "pass1", {**batch_settings, "stage": "pass1"})
     confidences = _confidences(stage.folder / "pass1", keys, stems, stage.reasons)
     signatures = [_signature(stage.folder / "pass1", stems[k]) for k in keys]
-    plan = plan_of(signatures, confidences, options, descriptor(shot.template.image, shot.window))
+    plan = plan_of(signatures, confidences, options, image_signature(shot.template.image, shot.window))
     stage.pool = {keys[i]: "pass1" for i in plan.pool}
     while (helpers := plan.next()) is not None:
         name = f"round{plan.round}"

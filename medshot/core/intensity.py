@@ -42,7 +42,10 @@ def apply_range(array: np.ndarray, value_range: tuple[float, float]) -> np.ndarr
     lo, hi = value_range
     if hi - lo < 1e-6:
         return np.zeros(np.shape(array), np.float32)
-    return np.clip((np.asarray(array, np.float32) - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+    # in place on one new float32 array: a CT-sized volume then costs one copy, not four temporaries
+    out = np.subtract(array, np.float32(lo), dtype=np.float32)
+    out /= np.float32(hi - lo)
+    return np.clip(out, 0.0, 1.0, out=out)
 
 
 def normalize_intensity(array: np.ndarray, window: tuple[float, float] | None = None,

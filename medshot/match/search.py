@@ -75,11 +75,18 @@ CACHED_SIZES = 4
 CACHED_BYTES = 384 * 2**20
 
 
+def _nbytes(entry) -> int:
+    """Bytes of a cache entry: an array, or lists and tuples of arrays (``None`` where an angle has none)."""
+    if isinstance(entry, np.ndarray):
+        return entry.nbytes
+    return sum(_nbytes(e) for e in entry) if isinstance(entry, (list, tuple)) else 0
+
+
 def _make_room(cache: dict, keep: int = CACHED_SIZES, need: int | None = None) -> None:
     """Drop the least recently used entries of ``cache`` (insertion-ordered) so one more fits in ``keep``
-    entries and, where ``need`` (bytes) is given, in :data:`CACHED_BYTES` (entries: lists of arrays)."""
+    entries and, where ``need`` (bytes) is given, in :data:`CACHED_BYTES`."""
     def over() -> bool:
-        return need is not None and sum(a.nbytes for entry in cache.values() for a in entry) + need > CACHED_BYTES
+        return need is not None and sum(_nbytes(entry) for entry in cache.values()) + need > CACHED_BYTES
 
     while cache and (len(cache) >= keep or over()):
         cache.pop(next(iter(cache)))
@@ -139,8 +146,10 @@ class PoseBank:
         if shape in self._factors:
             self._factors[shape] = self._factors.pop(shape)
         else:
-            _make_room(self._factors, CACHED_SIZES * 8)  # a few scales per target size; real, search-sized
             n = self.size
+            # a few scales per target size; per angle two real arrays of the correlation's size (3D: tens of MB)
+            need = 2 * len(self.weights) * int(np.prod([m + n - 1 for m in shape])) * np.dtype(np.float32).itemsize
+            _make_room(self._factors, CACHED_SIZES * 8, need=need)
             out = []
             for w in self.weights:
                 area = float(w.sum())

@@ -30,12 +30,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 
-from ..core.intensity import apply_range, intensity_range
 from ..data.annotations import Landmark
 from ..data.image import Image
 from ..data.template import Template
+from ..match.signature import image_signature
 from .ensemble import fuse_results
 from .fusion import local_agreement, on_image
 from .oneshot import OneShot
@@ -103,24 +102,6 @@ def confidence_of(result: TargetResult) -> float:
     values = list(result.scores.values()) + [lm.confidence for lm in result.landmarks]
     values = [0.0 if not np.isfinite(v) else float(v) for v in values]
     return min(values) if values else 0.0
-
-
-def descriptor(image: Image, window: tuple[float, float] | None = None, side: int = 64, keep: int = 12) -> np.ndarray:
-    """A cheap whole-image signature for finding similar targets: the low frequencies of the magnitude
-    spectrum of a ``side``-pixel thumbnail (blind to where the anatomy sits in the field of view).
-
-    Returns
-    -------
-    ndarray (keep ** ndim,) float
-        Zero mean, unit norm.
-    """
-    normalized = apply_range(image.array, intensity_range(image.array, window)).astype(np.float32)
-    thumb = ndimage.zoom(normalized, [side / n for n in normalized.shape], order=1, grid_mode=True, mode="nearest")
-    spectrum = np.abs(np.fft.fftn(thumb - thumb.mean()))
-    low = np.fft.fftshift(spectrum)[tuple(slice(s // 2 - keep // 2, s // 2 + keep // 2) for s in spectrum.shape)]
-    signature = np.log1p(low).ravel()
-    signature -= signature.mean()
-    return signature / max(float(np.linalg.norm(signature)), 1e-12)
 
 
 def pseudo_template(template: Template, result: TargetResult, name: str) -> Template:
@@ -270,9 +251,9 @@ class Batch:
             self.note = too_few(len(images), self.options)
             return [f.result for f in found]
         names = target_names(images)
-        signatures = [descriptor(image, self.shot.window) for image in images]
+        signatures = [image_signature(image, self.shot.window) for image in images]
         self.plan = plan = plan_of(signatures, [f.confidence for f in found], self.options,
-                                   descriptor(self.shot.template.image, self.shot.window))
+                                   image_signature(self.shot.template.image, self.shot.window))
         first, found = found, list(found)
         # a pseudo-template keeps the result with which it joined the pool
         pool = {i: found[i] for i in plan.pool}
@@ -364,8 +345,8 @@ class Plan:
 
 def plan_of(signatures: list[np.ndarray | None], confidences: list[float], options: BatchOptions,
             template_signature: np.ndarray) -> Plan:
-    """The :class:`Plan` of a batch from its targets' :func:`descriptor` (None: the target has none, as
-    after a failed first pass; it is similar to nothing) and the template's."""
+    """The :class:`Plan` of a batch from its targets' signatures (:func:`~medshot.match.signature.image_signature`;
+    None: the target has none, as after a failed first pass; it is similar to nothing) and the template's."""
     have = [i for i, s in enumerate(signatures) if s is not None]
     similarity = np.full((len(signatures), len(signatures)), -np.inf)
     to_template = np.full(len(signatures), np.nan)
@@ -377,7 +358,7 @@ def plan_of(signatures: list[np.ndarray | None], confidences: list[float], optio
 
 
 def similarity_matrix(signatures: list[np.ndarray]) -> np.ndarray:
-    """Cosine similarity ``(T, T)`` of the targets' :func:`descriptor`."""
+    """Cosine similarity ``(T, T)`` of the targets' :func:`~medshot.match.signature.image_signature`."""
     stacked = np.stack(signatures)
     return stacked @ stacked.T
 
