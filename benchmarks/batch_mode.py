@@ -14,6 +14,10 @@ templates (worst / median / best of the per-template means), the score's ROC AUC
 (pooled labels), median normalised landmark distance for landmark tasks, and seconds per target of
 batch mode ÷ the single pass (same run, same pairs). A case that fails scores 0 (Dice) and 1 (NED).
 
+Volumes (``hippocampus_3d``, ``openkbp_3d``) are scored on the array medshot matches on (canonical
+voxels), with the CT window ``evaldata_3d.py`` uses; ``--max-templates K`` takes the first K cases of the
+half as templates and runs pass 1 only for them and their fused3 helpers (volumes: minutes per pair).
+
 ``--variants`` also runs other batch settings from the same pass 1 (pseudo-template matches shared
 between variants where the pseudo-template is the same): ``k1``, ``k3`` (neighbours), ``ow1`` (the
 original template weighs 1, as one pseudo-template), ``k3ow1``, ``r1`` (one round: the first round of

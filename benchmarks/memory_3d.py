@@ -5,9 +5,14 @@ Writes a phantom CT (int16 HU) with two labelled organs and four landmarks, then
 resident set size (``ru_maxrss``) and the seconds; exits 1 when either exceeds the 8 GB budget.
 (The 3D accuracy benchmark is ``benchmarks/evaldata_3d.py``, a driver of ``medshot evaluate``.)
 
+``--where`` runs ``medshot segment`` in this process instead, sampling the resident set size every
+50 ms with the innermost medshot functions running at that moment, and prints which step sets the peak
+and the steps where it grows most.
+
 Usage::
 
     python benchmarks/memory_3d.py
+    python benchmarks/memory_3d.py --where
 """
 
 from __future__ import annotations
@@ -81,5 +86,49 @@ def run_large() -> int:
         return 0 if ok else 1
 
 
+def _rss_mb() -> float:
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) / 1024 for line in fh if line.startswith("VmRSS"))
+
+
+def where_large() -> int:
+    """Which step of ``medshot segment`` on the 512x512x300 CT sets its peak resident memory (Linux)."""
+    import threading
+    import traceback
+
+    from medshot.cli import main
+
+    main_thread = threading.get_ident()
+    samples: list[tuple[float, float, str]] = []  # seconds, MB, innermost medshot frames
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            frames = traceback.extract_stack(sys._current_frames().get(main_thread))
+            steps = [f"{Path(f.filename).stem}.{f.name}" for f in frames if "/medshot/" in f.filename]
+            samples.append((time.perf_counter(), _rss_mb(), " > ".join(steps[-3:])))
+            time.sleep(0.05)
+
+    with tempfile.TemporaryDirectory(prefix="medshot-large-") as tmp:
+        template_json, target = make_large_case(Path(tmp))
+        watcher = threading.Thread(target=sample, daemon=True)
+        start = time.perf_counter()
+        watcher.start()
+        rc = main(["segment", "--template", str(template_json), "--out", str(Path(tmp) / "out"), str(target),
+                   "--quiet"])
+        done.set()
+        watcher.join()
+    seconds, peak, step = max(samples, key=lambda s: s[1])
+    print(f"medshot segment on 512x512x300 (in this process, exit {rc}): peak RSS {peak:.0f} MB at "
+          f"{seconds - start:.0f} s of {time.perf_counter() - start:.0f} s, in {step}")
+    highest: dict[str, float] = {}
+    for _, mb, at in samples:
+        highest[at] = max(highest.get(at, 0.0), mb)
+    print("highest RSS per step (MB):")
+    for at, mb in sorted(highest.items(), key=lambda kv: -kv[1])[:8]:
+        print(f"  {mb:6.0f}  {at}")
+    return rc
+
+
 if __name__ == "__main__":
-    raise SystemExit(run_large())
+    raise SystemExit(where_large() if "--where" in sys.argv[1:] else run_large())

@@ -62,6 +62,7 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     "upright-only": ({}, {"search.max_angle_deg": 20.0}),
     "context-0.25": ({"context": 0.25}, {}),
     "min-work-64": ({"min_work_size": 64}, {}),
+    "min-work-96": ({"min_work_size": 96}, {}),
     "intensity-256": ({}, {"intensity_side": 256}),
     "affine-iter-2": ({}, {"refine.affine_iterations": 2}),
 }
