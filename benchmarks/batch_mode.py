@@ -43,9 +43,7 @@ import numpy as np
 
 from medshot import MedshotError, OneShot
 from medshot.data.read import read_label_map
-from medshot.evaluation.dataset import discover_dataset
-from medshot.evaluation.plan import parse_list, split_cases
-from medshot.evaluation.runner import runner_for
+from medshot.evaluation.plan import parse_list
 from medshot.match.signature import image_signature
 from medshot.pipeline.batch import Batch, BatchOptions, Found, outliers
 from medshot.pipeline.ensemble import fuse_results
@@ -53,7 +51,7 @@ from medshot.pipeline.ensemble import fuse_results
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from evaldata_2d import DEFAULT_DATA, TASKS, roc_auc  # noqa: E402
 from evaldata_3d import TASKS as TASKS_3D  # noqa: E402
-from fusion_2d import median_ned, table_dice  # noqa: E402
+from fusion_2d import load_half, median_ned, table_dice  # noqa: E402
 
 VOLUME_TASKS = {f"{name}_3d": task["folder"] for name, task in TASKS_3D.items()}
 # the CT window that evaldata_3d.py evaluates the volumes with (2D tasks: their images are already 8-bit)
@@ -103,11 +101,7 @@ def measure(result, truth, truth_points, shape) -> tuple[float, float, list[tupl
 
 
 def run_task(task: str, folder: Path, split: str, variants: list[str], max_templates: int | None) -> dict:
-    dataset = discover_dataset(folder)
-    runner = runner_for(dataset.kind, WINDOWS.get(task))
-    names = split_cases([c.name for c in dataset.cases], split)
-    cases = {c.name: c for c in dataset.cases if c.name in names}
-    templates = {n: runner.make_template(cases[n], dataset.label_names) for n in names}
+    _, _, names, cases, templates = load_half(folder, split, WINDOWS.get(task))
     masks = templates[names[0]].mask is not None
     landmarks = not masks
     if masks:
@@ -215,11 +209,7 @@ def _without_consensus(result):
 def outlier_spread(task: str, folder: Path, split: str) -> str:
     """Per template of the half: how far its targets' signature similarity to it falls below their median
     (the largest drop), and how many targets :func:`medshot.pipeline.batch.outliers` calls outliers."""
-    dataset = discover_dataset(folder)
-    runner = runner_for(dataset.kind, WINDOWS.get(task))
-    names = split_cases([c.name for c in dataset.cases], split)
-    cases = {c.name: c for c in dataset.cases if c.name in names}
-    templates = {n: runner.make_template(cases[n], dataset.label_names) for n in names}
+    _, _, names, _, templates = load_half(folder, split, WINDOWS.get(task))
     signatures = {n: image_signature(templates[n].image, templates[n].window) for n in names}
     drops, flagged = [], 0
     for t in names:

@@ -58,12 +58,19 @@ def median_ned(found: dict[str, np.ndarray], truth: dict[str, np.ndarray], shape
                                                np.array([truth[n] for n in common]), shape)))
 
 
-def run_task(task: str, folder: Path, split: str, size: int, timing: bool, max_targets: int | None) -> dict:
+def load_half(folder: Path, split: str, window: tuple[float, float] | None = None):
+    """One half of a task: ``(dataset, runner, names, cases, templates)``, every case of the half a template
+    (its mask and landmarks; ``window``: the CT window the task is evaluated in)."""
     dataset = discover_dataset(folder)
-    runner = runner_for(dataset.kind)
+    runner = runner_for(dataset.kind, window)
     names = split_cases([c.name for c in dataset.cases], split)
     cases = {c.name: c for c in dataset.cases if c.name in names}
     templates = {n: runner.make_template(cases[n], dataset.label_names) for n in names}
+    return dataset, runner, names, cases, templates
+
+
+def run_task(task: str, folder: Path, split: str, size: int, timing: bool, max_targets: int | None) -> dict:
+    dataset, runner, names, cases, templates = load_half(folder, split)
     shots = {n: OneShot(templates[n]) for n in names}
     rows = {"single": [], "mean3": [], "best3": [], "local": [], "vote": [], "single_sd": [], "local_sd": [],
             "vote_sd": [], "ned_single": [], "ned_fused": [], "ned_best3": [], "ned_single_sd": [], "ned_fused_sd": []}

@@ -28,16 +28,14 @@ from pathlib import Path
 import numpy as np
 
 from medshot import OneShot
-from medshot.evaluation.dataset import discover_dataset
-from medshot.evaluation.plan import parse_list, split_cases
-from medshot.evaluation.runner import runner_for
+from medshot.evaluation.plan import parse_list
 from medshot.match.signature import image_signature
 from medshot.pipeline.ensemble import fuse_results
 from medshot.pipeline.fusion import local_agreement, on_image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from evaldata_2d import DEFAULT_DATA, TASKS  # noqa: E402
-from fusion_2d import median_ned, table_dice  # noqa: E402
+from fusion_2d import load_half, median_ned, table_dice  # noqa: E402
 
 
 def strategies(k: int, factors: list[int]) -> list[str]:
@@ -58,11 +56,7 @@ def choose(strategy: str, k: int, affine: dict[str, float], similarity: dict[str
 
 
 def run_task(folder: Path, split: str, ks: list[int], factors: list[int]) -> dict:
-    dataset = discover_dataset(folder)
-    runner = runner_for(dataset.kind)
-    names = split_cases([c.name for c in dataset.cases], split)
-    cases = {c.name: c for c in dataset.cases if c.name in names}
-    templates = {n: runner.make_template(cases[n], dataset.label_names) for n in names}
+    _, runner, names, cases, templates = load_half(folder, split)
     shots = {n: OneShot(templates[n]) for n in names}
     signatures = {n: image_signature(templates[n].image, templates[n].window) for n in names}
     values: dict[tuple[int, str], list[float]] = {}

@@ -25,7 +25,7 @@ def image_signature(image: Image, window: tuple[float, float] | None = None, sid
     ndarray (keep ** ndim,) float
         Zero mean, unit norm.
     """
-    normalized = apply_range(image.array, intensity_range(image.array, window)).astype(np.float32)
+    normalized = apply_range(image.array, intensity_range(image.array, window))  # float32
     thumb = ndimage.zoom(normalized, [side / n for n in normalized.shape], order=1, grid_mode=True, mode="nearest")
     spectrum = np.abs(np.fft.fftn(thumb - thumb.mean()))
     low = np.fft.fftshift(spectrum)[tuple(slice(s // 2 - keep // 2, s // 2 + keep // 2) for s in spectrum.shape)]
