@@ -22,7 +22,8 @@ half as templates and runs pass 1 only for them and their fused3 helpers (volume
 between variants where the pseudo-template is the same): ``k1``, ``k3`` (neighbours), ``ow1`` (the
 original template weighs 1, as one pseudo-template), ``k3ow1``, ``r1`` (one round: the first round of
 the default), ``noconsensus`` (scores without the consensus factor), ``m2`` and ``m3`` (batches of
-only the first 2 or 3 targets of each template).
+only the first 2 or 3 targets of each template), ``perlabel`` (a target joins the pool with the labels
+and landmarks it is confident on: ``BatchOptions(pool="label")``).
 
 Usage::
 
@@ -57,7 +58,8 @@ VOLUME_TASKS = {f"{name}_3d": task["folder"] for name, task in TASKS_3D.items()}
 # the CT window that evaldata_3d.py evaluates the volumes with (2D tasks: their images are already 8-bit)
 WINDOWS = {f"{name}_3d": task["window"] for name, task in TASKS_3D.items()}
 VARIANTS = {"k1": dict(neighbours=1), "k3": dict(neighbours=3), "ow1": dict(original_weight=1.0),
-            "k3ow1": dict(neighbours=3, original_weight=1.0), "r1": {}, "noconsensus": {}, "m2": {}, "m3": {}}
+            "k3ow1": dict(neighbours=3, original_weight=1.0), "r1": {}, "noconsensus": {}, "m2": {}, "m3": {},
+            "perlabel": dict(pool="label")}
 
 
 class SharedBatch(Batch):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -203,7 +204,11 @@ def test_interrupt_in_batch_mode_keeps_pass_one_and_resume_does_the_rest(tmp_pat
 
 
 def test_real_sigint_keeps_what_is_finished(tmp_path, template_json, phantom):
-    targets = write_targets(tmp_path / "targets", phantom, 8)
+    # enough targets that the batch cannot end between its first result and the signal, even on a loaded
+    # machine where this process polls late (with 8 targets it once exited 0 with a benchmark running beside
+    # the suite, most likely done before the signal came)
+    made = write_targets(tmp_path / "targets", phantom, 8)
+    targets = made + [shutil.copy(t, t.with_name(f"{t.stem}_{k}.png")) for k in range(4) for t in made]
     out = tmp_path / "out"
     # the plain pass, whose outputs land in OUT target by target
     proc = start_cli(["segment", "--template", template_json, "--out", out, *targets, *FAST, "--batch-mode", "off"])

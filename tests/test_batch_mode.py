@@ -13,7 +13,9 @@ from PIL import Image as PILImage
 from medshot import OneShot, Template, from_array
 from medshot.cli.main import main
 from medshot.evaluation.metrics import dice
-from medshot.pipeline.batch import Batch, BatchOptions, Plan, nearest
+from medshot.pipeline.batch import Batch, BatchOptions, Found, Plan, confidence_of, helper_weights, nearest
+from medshot.pipeline.ensemble import fuse_results
+from medshot.pipeline.result import LandmarkResult, TargetResult
 from medshot.synthetic import make_phantom, place, swirl
 
 CHAIN = (0, 60, 120, 180, 240, 300, 360)  # degrees of swirl: each step small, the far end beyond one match
@@ -96,6 +98,35 @@ def test_a_plan_never_gives_a_target_itself_and_breaks_ties_by_order():
     assert second == {0: [1]}  # the new member is the first one's only neighbour; 1 keeps 0
     plan.record({0: 0.9})
     assert plan.next() is None
+
+
+def _result(image, label_map, scores, landmarks=()):
+    points = [LandmarkResult(name, np.array(p, float), np.zeros(3), c, True, "") for name, p, c in landmarks]
+    return TargetResult(image, points, label_map, dict(scores))
+
+
+def test_a_per_label_pool_helps_only_with_what_the_helper_is_sure_of():
+    image = from_array(np.zeros((20, 20), np.float32))
+    truth = np.zeros((20, 20), np.uint8)
+    truth[2:8, 2:8], truth[12:18, 12:18] = 1, 2
+    wrong = truth.copy()
+    wrong[truth == 2] = 0
+    wrong[2:8, 12:18] = 2  # sure of label 1, wrong and unsure about label 2 and landmark b
+    helper = _result(image, wrong, {1: 0.9, 2: 0.3}, [("a", (5, 5), 0.8), ("b", (5, 15), 0.2)])
+    found = Found(helper, None, confidence_of(helper, "label"))
+    assert confidence_of(helper, "all") == pytest.approx(0.2)  # the old rule: it never joins ...
+    assert found.confidence == pytest.approx(0.9)  # ... per label it joins with what it is sure of
+    per_label = helper_weights(found, BatchOptions(pool="label"))
+    assert per_label == {1: 0.9, 2: 0.0, "a": 0.8, "b": 0.0}
+    assert helper_weights(found, BatchOptions()) == pytest.approx(0.9)  # "all": one factor, its confidence
+
+    original = _result(image, truth, {1: 0.6, 2: 0.6}, [("a", (6, 6), 0.6), ("b", (15, 15), 0.6)])
+    # the helper outweighs the original (x2) on what it is sure of, and has no say on label 2 / landmark b
+    fused = fuse_results(image, [original, helper, helper], ["t", "h1", "h2"], None, [1.0, per_label, per_label])
+    np.testing.assert_array_equal(fused.label_map == 2, truth == 2)
+    points = {lm.name: lm.point for lm in fused.landmarks}
+    np.testing.assert_allclose(points["b"], (15, 15))
+    assert np.linalg.norm(points["a"] - np.array([5, 5])) < 0.1  # two helpers at (5, 5), the template at (6, 6)
 
 
 def test_too_small_a_batch_is_the_plain_pass():

@@ -198,7 +198,7 @@ def run_in_batch_mode(args, spec, shot, files: list[Path], stems: list[str], set
                             quiet=args.quiet)
     batch_settings = {**settings, "batch": {"neighbours": options.neighbours, "rounds": options.rounds,
                                             "min_confidence": options.min_confidence,
-                                            "consensus": options.consensus}}
+                                            "pool": options.pool, "consensus": options.consensus}}
 
     def stage_spec(name: str, work) -> BatchSpec:
         return BatchSpec(f"{spec.command} {name}", "found.csv", STAGE_HEADER, work, spec.unit)

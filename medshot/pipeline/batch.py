@@ -13,8 +13,9 @@ The rules that keep it honest:
 - a target never serves as its own template, and the original template always counts (by default it
   weighs as much as its helpers together: ``BatchOptions.original_weight``);
 - a pseudo-template's fusion weight is multiplied by its own score, and only targets whose every
-  label and landmark scores at least ``min_confidence`` join the pool; outliers (another anatomy, a
-  failed image: far from the template by whole-image signature, :func:`outliers`) never do;
+  label and landmark scores at least ``min_confidence`` join the pool (``pool="label"``: a target joins
+  with the labels and landmarks it is confident on, and weighs 0 for the others); outliers (another
+  anatomy, a failed image: far from the template by whole-image signature, :func:`outliers`) never do;
 - a pseudo-template keeps the result with which it joined the pool; rounds are synchronous, so the
   results are the same whatever the order or the number of workers;
 - batches smaller than ``min_targets`` get the plain pass (``Batch.note`` says so).
@@ -35,7 +36,7 @@ from ..data.annotations import Landmark
 from ..data.image import Image
 from ..data.template import Template
 from ..match.signature import image_signature
-from .ensemble import fuse_results
+from .ensemble import fuse_results, prior_factor
 from .fusion import local_agreement, on_image
 from .oneshot import OneShot
 from .result import LOW_CONFIDENCE_SCORE, TargetResult
@@ -63,6 +64,9 @@ class BatchOptions:
     min_confidence : float
         A target joins the pool of pseudo-templates when every label and landmark scores at least
         this (the ``ok`` bar of the results).
+    pool : {"all", "label"}
+        ``"all"``: a target joins the pool when all its labels and landmarks reach ``min_confidence``;
+        ``"label"``: when one does, and it helps only with those that do (per-label weights in the fusion).
     consensus : bool
         Multiply each fused label score by how well the templates that reached the target agree on it.
     """
@@ -71,6 +75,7 @@ class BatchOptions:
     neighbours: int = 2
     rounds: int = 2
     min_confidence: float = LOW_CONFIDENCE_SCORE
+    pool: str = "all"
     consensus: bool = True
     original_weight: float | None = None
 
@@ -97,11 +102,28 @@ class Found:
     matched: dict[str, tuple[TargetResult, np.ndarray | None]] = field(default_factory=dict)
 
 
-def confidence_of(result: TargetResult) -> float:
-    """The weakest of a result's label scores and landmark confidences (NaN and nothing count 0)."""
-    values = list(result.scores.values()) + [lm.confidence for lm in result.landmarks]
-    values = [0.0 if not np.isfinite(v) else float(v) for v in values]
-    return min(values) if values else 0.0
+def item_confidences(result: TargetResult) -> dict[int | str, float]:
+    """Label value -> its score and landmark name -> its confidence (NaN counts 0)."""
+    items = {**result.scores, **{lm.name: lm.confidence for lm in result.landmarks}}
+    return {k: float(v) if np.isfinite(v) else 0.0 for k, v in items.items()}
+
+
+def confidence_of(result: TargetResult, pool: str = "all") -> float:
+    """How confident a result is as a pseudo-template: the weakest of its label scores and landmark
+    confidences (``pool="all"``), or the strongest (``pool="label"``: it helps with what it is sure of);
+    0 when it found nothing."""
+    values = list(item_confidences(result).values())
+    if not values:
+        return 0.0
+    return max(values) if pool == "label" else min(values)
+
+
+def helper_weights(helper: Found, options: BatchOptions) -> float | dict[int | str, float]:
+    """A pseudo-template's factor on its fusion weights: its confidence (``pool="all"``), or per label
+    and landmark its own score, 0 where that is below ``min_confidence`` (``pool="label"``)."""
+    if options.pool != "label":
+        return helper.confidence
+    return {k: c if c >= options.min_confidence else 0.0 for k, c in item_confidences(helper.result).items()}
 
 
 def pseudo_template(template: Template, result: TargetResult, name: str) -> Template:
@@ -171,7 +193,7 @@ class Batch:
         result, local = self.match(self.shot, self.shot.load(target))
         result.seconds = time.perf_counter() - start
         result.templates = {self.name: 1.0}
-        return Found(result, local, confidence_of(result))
+        return Found(result, local, confidence_of(result, self.options.pool))
 
     def match(self, shot: OneShot, image: Image) -> tuple[TargetResult, np.ndarray | None]:
         """One template's result in ``image`` and its local agreement (x255, uint8; None without masks)."""
@@ -203,7 +225,7 @@ class Batch:
         results = [found.result] + [matched[name][0] for name, _ in helpers]
         local = [found.local] + [matched[name][1] for name, _ in helpers]
         own = self.options.original_weight
-        prior = [float(len(helpers)) if own is None else own] + [helper.confidence for _, helper in helpers]
+        prior = [float(len(helpers)) if own is None else own] + [helper_weights(h, self.options) for _, h in helpers]
         maps_local = None
         if any(m is not None for m in local):
             maps_local = [None if m is None else m.astype(np.float32) / 255 for m in local]
@@ -212,7 +234,9 @@ class Batch:
             weights = np.array([fused.templates[n] for n in names])
             maps = [r.label_map if r.label_map is not None else np.zeros(image.shape, np.uint8) for r in results]
             for label, score in list(fused.scores.items()):
-                agree = consensus(maps, weights, fused.label_map, label)
+                # a template that does not count for the label (weight 0 for it) does not vote on agreement
+                counts = np.array([prior_factor(p, label) > 0 for p in prior])
+                agree = consensus(maps, weights * counts, fused.label_map, label)
                 fused.evidence[f"consensus {label}"] = agree
                 if np.isfinite(agree) and np.isfinite(score):
                     fused.evidence[f"score before consensus {label}"] = score
@@ -222,7 +246,7 @@ class Batch:
         fused.correspondence_score = found.result.correspondence_score
         # the target's time: pass 1 and this round (an earlier round's matches were reused)
         fused.seconds = found.result.seconds + time.perf_counter() - start
-        return Found(fused, found.local, confidence_of(fused), matched)
+        return Found(fused, found.local, confidence_of(fused, self.options.pool), matched)
 
     def needs_image(self, name: str, matched: dict) -> bool:
         """Whether :meth:`again` will read pool member ``name``'s image (to build its pseudo-template),
@@ -252,7 +276,9 @@ class Batch:
             return [f.result for f in found]
         names = target_names(images)
         signatures = [image_signature(image, self.shot.window) for image in images]
-        self.plan = plan = plan_of(signatures, [f.confidence for f in found], self.options,
+        # as this batch's options count it (a pass 1 may come from a Batch with another ``pool``)
+        confidences = [confidence_of(f.result, self.options.pool) for f in found]
+        self.plan = plan = plan_of(signatures, confidences, self.options,
                                    image_signature(self.shot.template.image, self.shot.window))
         first, found = found, list(found)
         # a pseudo-template keeps the result with which it joined the pool

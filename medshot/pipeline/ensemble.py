@@ -161,16 +161,18 @@ def fuse_results(image: Image, results: list[TargetResult], names: list[str],
         The templates' names, in the order of ``results``.
     local : list of ndarray, optional
         Per template, its local agreement with the target on ``image``'s grid (``None``: a plain vote).
-    prior : list of float, optional
-        Per template, a factor on its weights (batch mode: a pseudo-template's own confidence; default 1).
+    prior : list of (float or dict), optional
+        Per template, a factor on its weights (batch mode: a pseudo-template's own confidence; default 1),
+        or per label value and landmark name (a label or landmark it lacks: 0).
     """
-    prior_w = np.ones(len(results)) if prior is None else np.asarray(prior, float)
+    prior = [1.0] * len(results) if prior is None else list(prior)
     fused = TargetResult(image, correspondence_score=max(r.correspondence_score for r in results),
                          correspondence="fused")
     overall = np.zeros(len(results))
     if any(r.label_map is not None for r in results):
         labels = sorted({lab for r in results for lab in r.scores})
-        per_label = {lab: prior_w * relative_weights([r.scores.get(lab, np.nan) for r in results]) for lab in labels}
+        per_label = {lab: np.array([prior_factor(p, lab) for p in prior])
+                     * relative_weights([r.scores.get(lab, np.nan) for r in results]) for lab in labels}
         weights = [{lab: float(per_label[lab][i]) for lab in labels if lab in results[i].scores}
                    for i in range(len(results))]
         maps = [r.label_map if r.label_map is not None else np.zeros(image.shape, np.uint8) for r in results]
@@ -182,20 +184,27 @@ def fuse_results(image: Image, results: list[TargetResult], names: list[str],
                          for lab in labels}
         overall += [np.mean(list(w.values())) if w else 0.0 for w in weights]
     if any(r.landmarks for r in results):
-        fused.landmarks = _fuse_landmarks(image, results, prior_w)
-        overall += prior_w * relative_weights([np.nanmean([lm.confidence for lm in r.landmarks])
-                                               if r.landmarks else np.nan for r in results])
+        fused.landmarks = _fuse_landmarks(image, results, prior)
+        own = [np.mean([prior_factor(p, lm.name) for lm in r.landmarks]) if r.landmarks else 0.0
+               for p, r in zip(prior, results)]
+        overall += np.array(own) * relative_weights([np.nanmean([lm.confidence for lm in r.landmarks])
+                                                     if r.landmarks else np.nan for r in results])
     total = overall.sum()
     fused.templates = {name: float(w / total if total > 0 else 1 / len(results)) for name, w in zip(names, overall)}
     return fused
 
 
-def _fuse_landmarks(image: Image, results: list[TargetResult], prior: np.ndarray) -> list[LandmarkResult]:
+def prior_factor(prior: float | dict, key: int | str) -> float:
+    """A template's factor on its weight for one label value or landmark name (:func:`fuse_results`)."""
+    return float(prior.get(key, 0.0)) if isinstance(prior, dict) else float(prior)
+
+
+def _fuse_landmarks(image: Image, results: list[TargetResult], prior: list) -> list[LandmarkResult]:
     names = list(dict.fromkeys(lm.name for r in results for lm in r.landmarks))
     out = []
     for name in names:
         found = [lm for r in results for lm in r.landmarks if lm.name == name]
-        own = np.array([p for r, p in zip(results, prior) for lm in r.landmarks if lm.name == name])
+        own = np.array([prior_factor(p, name) for r, p in zip(results, prior) for lm in r.landmarks if lm.name == name])
         conf = np.array([lm.confidence for lm in found], float)
         relative = own * relative_weights(conf)
         weights = relative * np.where(np.isfinite(conf), np.maximum(conf, 1e-3), 1.0)
