@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -38,6 +39,7 @@ ROOT = HERE.parent
 DEFAULT_DATA = ROOT.parent / "shared" / "evaldata"
 VOLUME_TASKS = {"openkbp": ("ct_headneck_oar_openkbp/volumes", (-160.0, 240.0)),
                 "hippocampus": ("mr_hippocampus_msd/volumes", None)}
+SECTIONS = ("volumes", "images", "several", "batch")
 IMAGE_TASKS = {"hc18": "us_fetal_head_hc18", "hippocampus": "mr_hippocampus_msd/slices2d",
                "openkbp_axial": "ct_headneck_oar_openkbp/slices2d_axial",
                "openkbp_sagittal": "ct_headneck_oar_openkbp/slices2d_sagittal",
@@ -179,9 +181,11 @@ def batch(folder: Path, n: int) -> list[str]:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         (tmp / "targets").mkdir()
-        for i in range(n):  # the batch: the other cases, repeated as needed, as links
+        for i in range(n):  # the batch: the other cases, repeated as needed, as copies
             source = dataset.case(names[1 + i % (len(names) - 1)]).image
-            (tmp / "targets" / f"t{i:03d}{''.join(source.suffixes)}").symlink_to(source)
+            # not links: medshot takes paths that resolve to the same file as one target, so 40 links to
+            # the 9 other development cases were a batch of 9 (the README's 1.36 before 2026-12-06)
+            shutil.copy(source, tmp / "targets" / f"t{i:03d}{''.join(source.suffixes)}")
         medshot = [sys.executable, "-m", "medshot.cli"]
         subprocess.run([*medshot, "template", str(first.image), "--mask", str(first.mask), "--out",
                         str(tmp / "t.json")], env=env, check=True, capture_output=True)
@@ -242,7 +246,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--several-targets", type=int, default=2, help="targets of the several-template run")
     p.add_argument("--batch", type=int, default=40, help="targets in the batch")
     p.add_argument("--tiny", action="store_true", help="small synthetic data: checks the script only")
+    p.add_argument("--sections", default=",".join(SECTIONS),
+                   help=f"comma-separated, of {', '.join(SECTIONS)} (default: all)")
     args = p.parse_args(argv)
+    sections = [name.strip() for name in args.sections.split(",") if name.strip()]
+    if unknown := sorted(set(sections) - set(SECTIONS)):
+        p.error(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
     if args.worker:
         print(json.dumps(_worker(json.loads(Path(args.worker).read_text()))))
         return 0
@@ -251,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         worktree = None
         if args.old_checkout:
             old = Path(args.old_checkout).resolve()
-        elif args.tiny:
+        elif args.tiny or "volumes" not in sections:  # only the volumes compare with the old code
             old = ROOT
         else:
             worktree = old = Path(tmp) / "old"
@@ -271,11 +280,14 @@ def main(argv: list[str] | None = None) -> int:
                 img = {t: data / f for t, f in IMAGE_TASKS.items()}
                 hc18, split = data / IMAGE_TASKS["hc18"], args.split
             print(f"`python benchmarks/speed.py {' '.join(argv if argv is not None else sys.argv[1:])}` "
-                  f"(old code: {args.old_commit if not args.tiny or args.old_checkout else 'this tree'}; "
+                  f"(old code: {'this tree' if old == ROOT else args.old_commit}; "
                   f"{os.cpu_count()} cores)\n")
-            for lines in (volumes(vol, old, args.volumes, split), images(img, args.images, split),
-                          several(hc18, args.templates, args.several_targets), batch(hc18, args.batch)):
-                print("\n".join(lines) + "\n", flush=True)
+            run = {"volumes": lambda: volumes(vol, old, args.volumes, split),
+                   "images": lambda: images(img, args.images, split),
+                   "several": lambda: several(hc18, args.templates, args.several_targets),
+                   "batch": lambda: batch(hc18, args.batch)}
+            for name in sections:
+                print("\n".join(run[name]()) + "\n", flush=True)
         finally:
             if worktree is not None:
                 subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(worktree)],

@@ -119,7 +119,8 @@ def auto_workers(targets: int, ndim: int) -> int:
 
 
 def run_batch(spec: BatchSpec, shot: Any, targets: list[Path], out: str | Path, settings: dict, *,
-              resume: bool = False, workers: int | str = 1, scheduler: str | None = None, quiet: bool = False) -> int:
+              resume: bool = False, workers: int | str | LocalWorkers = 1, scheduler: str | None = None,
+              quiet: bool = False) -> int:
     """Process ``targets`` into ``out``; return the exit status (0, or 1 when a target failed).
 
     Parameters
@@ -127,9 +128,9 @@ def run_batch(spec: BatchSpec, shot: Any, targets: list[Path], out: str | Path, 
     settings : dict
         Everything that decides a target's result (template hash, backbone, options, version):
         ``--resume`` skips a target only when it was done with equal settings.
-    workers : int or "auto"
-        Local processes; ``"auto"``: :func:`auto_workers`, and serial where the shot cannot be sent
-        to a process (a note on stderr says so). Ignored with ``scheduler``.
+    workers : int, "auto" or LocalWorkers
+        Local processes (:func:`local_workers`), or processes already started for several batches over
+        the same shot (batch mode's stages), which this call leaves running. Ignored with ``scheduler``.
 
     Raises
     ------
@@ -141,29 +142,41 @@ def run_batch(spec: BatchSpec, shot: Any, targets: list[Path], out: str | Path, 
     key = settings_key(settings)
     names = {str(t.resolve()): t for t in targets}
     # Problems with the workers are found before the output folder is touched.
-    blob = b""
-    if workers == "auto" and not scheduler:
-        workers = auto_workers(len(targets), getattr(shot, "ndim", 2))
-        if workers > 1:
-            try:
-                blob = _ship(shot)
-            except MedshotError as exc:  # nothing was asked for explicitly: run here rather than fail
-                print(f"medshot: note: targets run one after another here: {exc}", file=sys.stderr)
-                workers = 1
-    elif workers == "auto" or workers > 1 or scheduler:
-        workers = 1 if workers == "auto" else workers
-        blob = _ship(shot)
+    own = not isinstance(workers, LocalWorkers)
+    pool = local_workers(shot, workers, scheduler, len(targets)) if own else workers
     client = _connect(scheduler) if scheduler else None
     try:
         with OutputFolder(out, spec.command, spec.table, spec.header) as folder:
-            return _loop(spec, shot, blob, client, names, folder, key, settings, resume, workers, quiet)
+            return _loop(spec, shot, pool, client, names, folder, key, settings, resume, quiet)
     finally:
         if client is not None:
             client.close()
+        if own and pool is not None:
+            pool.close()
 
 
-def _loop(spec: BatchSpec, shot: Any, blob: bytes, client: Any, names: dict[str, Path], folder: OutputFolder,
-          key: str, settings: dict, resume: bool, workers: int, quiet: bool) -> int:
+def local_workers(shot: Any, workers: int | str, scheduler: str | None, targets: int) -> LocalWorkers | None:
+    """The local processes ``--workers`` asks for over ``targets`` targets (None: here, or on the cluster).
+
+    ``"auto"``: :func:`auto_workers`, and none where the shot cannot be sent to a process (a note on stderr
+    says so); a number above 1 that cannot be had, or a ``scheduler``, whose workers get the shot too: an error.
+    """
+    if scheduler:
+        _ship(shot)
+        return None
+    if workers == "auto":
+        count = auto_workers(targets, getattr(shot, "ndim", 2))
+        if count > 1:
+            try:
+                return LocalWorkers(_ship(shot), count)
+            except MedshotError as exc:  # nothing was asked for explicitly: run here rather than fail
+                print(f"medshot: note: targets run one after another here: {exc}", file=sys.stderr)
+        return None
+    return LocalWorkers(_ship(shot), min(workers, targets)) if min(workers, targets) > 1 else None
+
+
+def _loop(spec: BatchSpec, shot: Any, pool: LocalWorkers | None, client: Any, names: dict[str, Path],
+          folder: OutputFolder, key: str, settings: dict, resume: bool, quiet: bool) -> int:
     """The batch proper, under the folder's lock: skip what --resume allows, commit each outcome as it comes."""
     from tqdm import tqdm
 
@@ -175,7 +188,7 @@ def _loop(spec: BatchSpec, shot: Any, blob: bytes, client: Any, names: dict[str,
     bar = tqdm(total=len(todo), desc=spec.command, unit=spec.unit, file=sys.stderr,
                disable=quiet or len(todo) < 2)
     try:
-        for outcome in _execute(spec.work, shot, blob, todo, workers, client):
+        for outcome in _execute(spec.work, shot, pool, todo, client):
             # A failed target (or one with nothing to report) still gets its row: the table lists every target.
             rows = outcome.rows or [[outcome.target, *[""] * (len(spec.header) - 3), outcome.status, outcome.reason]]
             folder.commit_target(outcome.target, names[outcome.target], outcome.files, rows, outcome.status,
@@ -201,11 +214,11 @@ def _loop(spec: BatchSpec, shot: Any, blob: bytes, client: Any, names: dict[str,
 # ------------------------------------------------------------------------------------------------
 
 
-def _execute(work: Work, shot: Any, blob: bytes, todo: list[str], workers: int, client: Any) -> Iterator[Outcome]:
+def _execute(work: Work, shot: Any, pool: LocalWorkers | None, todo: list[str], client: Any) -> Iterator[Outcome]:
     if client is not None:
         yield from _on_dask(work, shot, todo, client)
-    elif workers > 1 and len(todo) > 1:
-        yield from _in_processes(work, blob, todo, workers)
+    elif pool is not None and len(todo) > 1:
+        yield from _in_processes(work, pool, todo)
     else:
         for target in todo:
             yield run_target(work, shot, target)
@@ -262,40 +275,84 @@ def _worker_run(work: Work, target: str) -> Outcome:
     return run_target(work, _SHOT, target)
 
 
-def _in_processes(work: Work, blob: bytes, todo: list[str], workers: int) -> Iterator[Outcome]:
-    """``workers`` spawned processes, each holding one copy of the shot; at most one target each in flight.
+class LocalWorkers:
+    """``count`` spawned processes, each holding one copy of the shot (``blob``: it pickled), started when
+    first needed and kept until :meth:`close`, so that several batches over the same shot (batch mode's
+    pass 1, rounds and outputs) start them, import medshot and unpickle the shot once, and what a worker
+    caches for one stage (pseudo-templates) serves the next. A batch's ``work`` carries what changed."""
+
+    def __init__(self, blob: bytes, count: int):
+        self.blob, self.count = blob, count
+        self.threads = max(1, cores() // count)
+        self._executor: Any = None
+        self._saved: dict | None = None
+
+    @property
+    def executor(self) -> Any:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        if self._executor is None:
+            if self._saved is None:
+                self._saved = {v: os.environ.get(v) for v in _THREAD_VARIABLES}
+                for v in _THREAD_VARIABLES:  # read by BLAS/OpenMP when a spawned worker imports numpy
+                    os.environ.setdefault(v, str(self.threads))
+            self._executor = ProcessPoolExecutor(self.count, mp_context=multiprocessing.get_context("spawn"),
+                                                 initializer=_init_worker, initargs=(self.blob, self.threads))
+        return self._executor
+
+    def renew(self) -> None:
+        """Drop a broken pool (a process died): the next :attr:`executor` starts new processes."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+
+    def close(self) -> None:
+        """Stop the processes now (running targets too) and restore the thread variables."""
+        if self._executor is not None:
+            processes = list((getattr(self._executor, "_processes", None) or {}).values())
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+            # Running targets would otherwise finish before the interpreter exits; a stopped batch stops now.
+            for proc in processes:
+                proc.terminate()
+        for v, old in (self._saved or {}).items():
+            if old is None:
+                os.environ.pop(v, None)
+            else:
+                os.environ[v] = old
+        self._saved = None
+
+    def __enter__(self) -> LocalWorkers:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _in_processes(work: Work, pool: LocalWorkers, todo: list[str]) -> Iterator[Outcome]:
+    """The targets on ``pool``'s processes, at most one each in flight.
 
     Keeping the number in flight to the number of processes means that when a process dies (killed, out
     of memory) the targets it may have been running are known: each is then retried alone, and fails
-    only if it takes a process down by itself.
+    only if it takes a process down by itself. A batch that stops early (SIGINT, an error) stops the pool.
     """
-    import multiprocessing
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures import FIRST_COMPLETED, wait
     from concurrent.futures.process import BrokenProcessPool
 
-    workers = min(workers, len(todo))  # (--resume may leave fewer targets than were planned for)
-    threads = max(1, cores() // workers)
-    saved = {v: os.environ.get(v) for v in _THREAD_VARIABLES}
-    for v in _THREAD_VARIABLES:  # read by BLAS/OpenMP when a spawned worker imports numpy
-        os.environ.setdefault(v, str(threads))
-
-    def new_pool() -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_init_worker, initargs=(blob, threads))
-
     queue, suspects = deque(todo), deque()
-    pool = new_pool()
     inflight: dict = {}
+    finished = False
     try:
         while queue or suspects or inflight:
             if suspects:
                 if not inflight:
                     t = suspects.popleft()
-                    inflight[pool.submit(_worker_run, work, t)] = (t, True)
+                    inflight[pool.executor.submit(_worker_run, work, t)] = (t, True)
             else:
-                while queue and len(inflight) < workers:
+                while queue and len(inflight) < pool.count:
                     t = queue.popleft()
-                    inflight[pool.submit(_worker_run, work, t)] = (t, False)
+                    inflight[pool.executor.submit(_worker_run, work, t)] = (t, False)
             done, _ = wait(inflight, return_when=FIRST_COMPLETED)
             broken = False
             for fut in done:
@@ -312,19 +369,11 @@ def _in_processes(work: Work, blob: bytes, todo: list[str], workers: int) -> Ite
             if broken:
                 for fut in list(inflight):  # a broken pool fails every future at once
                     suspects.append(inflight.pop(fut)[0])
-                pool.shutdown(wait=False, cancel_futures=True)
-                pool = new_pool()
+                pool.renew()
+        finished = True
     finally:
-        processes = list((getattr(pool, "_processes", None) or {}).values())
-        pool.shutdown(wait=False, cancel_futures=True)
-        # Running targets would otherwise finish before the interpreter exits; a stopped batch stops now.
-        for proc in processes:
-            proc.terminate()
-        for v, old in saved.items():
-            if old is None:
-                os.environ.pop(v, None)
-            else:
-                os.environ[v] = old
+        if not finished:
+            pool.close()
 
 
 def _dask_run(work: Work, shot: Any, target: str) -> Outcome:

@@ -12,6 +12,7 @@ redoes a target whenever what it depends on changed. The last stage writes the u
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import functools
@@ -109,6 +110,19 @@ class StageShot:
 
     localize = segment
 
+    def state(self) -> dict:
+        """What the stages change: it travels with each target's work (:func:`staged`), while the rest of
+        the shot (the batch, its template) stays in the workers from one stage to the next."""
+        return {"latest": dict(self.latest), "pool": dict(self.pool), "helpers": dict(self.helpers),
+                "reasons": dict(self.reasons)}
+
+
+def staged(stage: StageShot, path: Path, work, state: dict) -> tuple[dict[str, bytes], list[list]]:
+    """``work(stage, path)`` with the stage's ``state`` as the planning process left it."""
+    for name, value in state.items():
+        setattr(stage, name, value)
+    return work(stage, path)
+
 
 def _attach(found: Found, image) -> None:
     found.result.image = image
@@ -187,21 +201,34 @@ def run_in_batch_mode(args, spec, shot, files: list[Path], stems: list[str], set
 
     ``stems``: each target's output stem, in the order of ``files``.
     """
-    from .batch import BatchSpec, run_batch
+    from .batch import local_workers
 
     keys = [str(f.resolve()) for f in files]
     stems = dict(zip(keys, stems))
     batch = Batch(shot, options, landmarks=spec.command == "localize", masks=spec.command == "segment")
     names = dict(zip(keys, unique_names([f.name for f in files])))
     stage = StageShot(batch, Path(args.out) / BATCH_FOLDER, stems, names)
-    run = functools.partial(run_batch, resume=args.resume, workers=args.workers, scheduler=args.scheduler,
+    # one set of processes for every stage: started, and the shot sent, once
+    workers = local_workers(stage, args.workers, args.scheduler, len(files))
+    with workers or contextlib.nullcontext():
+        return _stages(args, spec, stage, files, settings, options, workers or 1)
+
+
+def _stages(args, spec, stage: StageShot, files: list[Path], settings: dict, options: BatchOptions,
+            workers) -> int:
+    """Pass 1, the rounds and the outputs, each a batch of its own (:func:`run_in_batch_mode`)."""
+    from .batch import BatchSpec, run_batch
+
+    keys, stems, shot = [str(f.resolve()) for f in files], stage.stems, stage.batch.shot
+    run = functools.partial(run_batch, resume=args.resume, workers=workers, scheduler=args.scheduler,
                             quiet=args.quiet)
     batch_settings = {**settings, "batch": {"neighbours": options.neighbours, "rounds": options.rounds,
                                             "min_confidence": options.min_confidence,
                                             "pool": options.pool, "consensus": options.consensus}}
 
     def stage_spec(name: str, work) -> BatchSpec:
-        return BatchSpec(f"{spec.command} {name}", "found.csv", STAGE_HEADER, work, spec.unit)
+        return BatchSpec(f"{spec.command} {name}", "found.csv", STAGE_HEADER,
+                         functools.partial(staged, work=work, state=stage.state()), spec.unit)
 
     run(stage_spec("pass1", first_work), stage, files, stage.folder / "pass1", {**batch_settings, "stage": "pass1"})
     confidences = _confidences(stage.folder / "pass1", keys, stems, stage.reasons)
@@ -224,7 +251,8 @@ def run_in_batch_mode(args, spec, shot, files: list[Path], stems: list[str], set
             stage.pool[keys[i]] = name
     print(f"{spec.command}: {plan.summary()}", file=sys.stderr)
     final = BatchSpec(spec.command, spec.table, [*spec.header[:-2], "templates", *spec.header[-2:]],
-                      functools.partial(final_work, inner=spec.work), spec.unit)
+                      functools.partial(staged, work=functools.partial(final_work, inner=spec.work),
+                                        state=stage.state()), spec.unit)
     final_settings = {**batch_settings, "latest": _digest_text(json.dumps(
         {k: [stage.latest.get(k, "pass1"), _digest(stage.folder / stage.latest.get(k, "pass1") /
                                                    (stems[k] + ".found.pkl"))] for k in keys}, sort_keys=True))}
