@@ -159,7 +159,8 @@ def local_workers(shot: Any, workers: int | str, scheduler: str | None, targets:
     """The local processes ``--workers`` asks for over ``targets`` targets (None: here, or on the cluster).
 
     ``"auto"``: :func:`auto_workers`, and none where the shot cannot be sent to a process (a note on stderr
-    says so); a number above 1 that cannot be had, or a ``scheduler``, whose workers get the shot too: an error.
+    says so). A number N: N processes, at most one per target (1: none), and an error where the shot cannot
+    be sent. With a ``scheduler``: none, after the same check (the cluster's workers get the shot).
     """
     if scheduler:
         _ship(shot)
