@@ -74,7 +74,9 @@ def main() -> int:
     root.mkdir(parents=True)
     template, targets = make_data(root, args.targets)
 
-    times = {"serial": segment(template, targets, root / "serial", args.work_size, [])}
+    # --workers 1: the default became --workers auto (2 processes here), which made this "serial" run
+    # parallel until 2026-12-06
+    times = {"serial": segment(template, targets, root / "serial", args.work_size, ["--workers", "1"])}
     times["--workers 2"] = segment(template, targets, root / "workers", args.work_size, ["--workers", "2"])
     from distributed import LocalCluster
 
