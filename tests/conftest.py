@@ -51,7 +51,7 @@ def serial_batches(request, monkeypatch):
     tests patch this process (a flaky segmenter, a failing writer) and spawned workers would not see it.
     Tests marked ``auto_workers`` get the real choice; ``--workers N`` is never changed."""
     if request.node.get_closest_marker("auto_workers") is None:
-        monkeypatch.setattr("medshot.cli.batch.auto_workers", lambda targets, ndim: 1)
+        monkeypatch.setattr("medshot.cli.workers.auto_workers", lambda targets, ndim: 1)
 
 
 @pytest.fixture(scope="session")

@@ -151,13 +151,14 @@ def test_dask_worker_lost_midway_loses_no_finished_target(tmp_path, template_fil
 @pytest.mark.auto_workers
 def test_workers_auto_is_the_default_and_matches_a_serial_run(setup, tmp_path, capsys, monkeypatch):
     """No --workers: one process per core (at most one per target), the outputs byte for byte a serial run's."""
-    from medshot.cli import batch
+    from medshot.cli import workers
 
     t, targets, serial = setup
     chosen, started = [], []
-    real = batch._in_processes
-    monkeypatch.setattr(batch, "cores", lambda: 2)  # as on a 2-core machine, whatever this one has
-    monkeypatch.setattr(batch, "_in_processes", lambda work, pool, todo: chosen.append(pool) or real(work, pool, todo))
+    real = workers._in_processes
+    monkeypatch.setattr(workers, "cores", lambda: 2)  # as on a 2-core machine, whatever this one has
+    monkeypatch.setattr(workers, "_in_processes",
+                        lambda work, pool, todo: chosen.append(pool) or real(work, pool, todo))
 
     class Counted(concurrent.futures.ProcessPoolExecutor):
         def __init__(self, *args, **kwargs):
@@ -173,21 +174,21 @@ def test_workers_auto_is_the_default_and_matches_a_serial_run(setup, tmp_path, c
     assert len(chosen) >= 3 and len({id(pool) for pool in chosen}) == 1 and chosen[0].count == 2
     assert started == [2] and "5 targets:" in stdout
     assert_same_as_serial(out, serial)
-    assert batch.auto_workers(1, 2) == 1 and batch.auto_workers(40, 2) == 2
-    monkeypatch.setattr(batch, "_available_memory", lambda: 5 * 2**30)  # volumes: one worker per 4 GB free
-    assert batch.auto_workers(40, 3) == 1 and batch.auto_workers(40, 2) == 2
+    assert workers.auto_workers(1, 2) == 1 and workers.auto_workers(40, 2) == 2
+    monkeypatch.setattr(workers, "_available_memory", lambda: 5 * 2**30)  # volumes: one worker per 4 GB free
+    assert workers.auto_workers(40, 3) == 1 and workers.auto_workers(40, 2) == 2
 
 
 @pytest.mark.auto_workers
 def test_workers_auto_runs_here_when_the_shot_cannot_travel(setup, tmp_path, capsys, monkeypatch):
-    from medshot.cli import batch
+    from medshot.cli import workers
 
     def refuse(shot):
-        raise batch.MedshotError("this backbone/segmenter cannot be sent to worker processes (test)")
+        raise workers.MedshotError("this backbone/segmenter cannot be sent to worker processes (test)")
 
     t, targets, serial = setup
-    monkeypatch.setattr(batch, "cores", lambda: 2)
-    monkeypatch.setattr(batch, "_ship", refuse)
+    monkeypatch.setattr(workers, "cores", lambda: 2)
+    monkeypatch.setattr(workers, "_ship", refuse)
     out = tmp_path / "here"
     code, _, err = run(["segment", "--template", t, "--out", out, targets, *FAST], capsys)
     assert code == 0 and "targets run one after another here" in err

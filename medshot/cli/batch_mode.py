@@ -201,7 +201,7 @@ def run_in_batch_mode(args, spec, shot, files: list[Path], stems: list[str], set
 
     ``stems``: each target's output stem, in the order of ``files``.
     """
-    from .batch import local_workers
+    from .workers import local_workers
 
     keys = [str(f.resolve()) for f in files]
     stems = dict(zip(keys, stems))
