@@ -208,8 +208,9 @@ def run_in_batch_mode(args, spec, shot, files: list[Path], stems: list[str], set
     batch = Batch(shot, options, landmarks=spec.command == "localize", masks=spec.command == "segment")
     names = dict(zip(keys, unique_names([f.name for f in files])))
     stage = StageShot(batch, Path(args.out) / BATCH_FOLDER, stems, names)
-    # one set of processes for every stage: started, and the shot sent, once
-    workers = local_workers(stage, args.workers, args.scheduler, len(files))
+    # one set of processes for every stage: started, and the shot sent, once (a cluster: each stage's
+    # run_batch checks that the shot travels, before it touches its folder)
+    workers = None if args.scheduler else local_workers(stage, args.workers, None, len(files))
     with workers or contextlib.nullcontext():
         return _stages(args, spec, stage, files, settings, options, workers or 1)
 
