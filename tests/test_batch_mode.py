@@ -200,6 +200,34 @@ def test_cli_batch_mode_is_the_same_with_workers_and_resumes(tmp_path, capsys):
     assert mode == 0o666 & ~umask
 
 
+@pytest.mark.slow
+def test_cli_pixel_classifier_is_the_apis_and_resume_redoes_only_the_outputs(tmp_path, capsys):
+    pytest.importorskip("sklearn")
+    template, targets = _write_batch(tmp_path / "in")
+    out = tmp_path / "out"
+    args = ["segment", "--template", str(template), *map(str, targets), "--batch-min", "3", "--quiet",
+            "--out", str(out), "--workers", "1"]
+    assert main([*args, "--batch-classifier", "on"]) == 0
+    assert (out / ".medshot-batch" / "classifier.pkl").is_file()
+    shot = OneShot(Template.load(template))
+    on = Batch(shot, BatchOptions(min_targets=3, classifier=True)).run(targets)
+    off = Batch(shot, BatchOptions(min_targets=3, classifier=False)).run(targets)
+    assert any(r.evidence.get("classifier changed", 0) > 0 for r in on)
+    assert any(not np.array_equal(a.label_map, b.label_map) for a, b in zip(on, off))
+
+    def masks():
+        return [np.asarray(PILImage.open(out / (t.stem + "_mask.png"))) for t in targets]
+
+    for mask, result in zip(masks(), on):
+        np.testing.assert_array_equal(mask, result.label_map)
+    # turning it off on resume: pass 1 and the rounds are kept, the outputs are redone without it
+    pass1 = {p: p.stat().st_mtime_ns for p in (out / ".medshot-batch" / "pass1").glob("*.found.pkl")}
+    assert main([*args, "--batch-classifier", "off", "--resume"]) == 0
+    assert {p: p.stat().st_mtime_ns for p in pass1} == pass1
+    for mask, result in zip(masks(), off):
+        np.testing.assert_array_equal(mask, result.label_map)
+
+
 def test_cli_small_batch_says_it_runs_the_plain_pass(tmp_path, capsys):
     template, targets = _write_batch(tmp_path / "in", n=2)
     assert main(["segment", "--template", str(template), *map(str, targets), "--out", str(tmp_path / "out"),

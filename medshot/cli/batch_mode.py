@@ -29,6 +29,7 @@ import numpy as np
 from ..core.errors import MedshotError
 from ..match.signature import image_signature
 from ..pipeline.batch import Batch, BatchOptions, Found, plan_of, too_few, unique_names
+from ..pipeline.classifier import fold_of
 from ..pipeline.result import score_status
 
 BATCH_FOLDER = ".medshot-batch"
@@ -46,6 +47,9 @@ def add_options(p) -> None:
                    help=f"pseudo-templates fused per target (default {BatchOptions.neighbours})")
     g.add_argument("--batch-rounds", type=int, default=BatchOptions.rounds, metavar="R",
                    help=f"rounds of matching again (default {BatchOptions.rounds})")
+    g.add_argument("--batch-classifier", choices=["on", "off"], default="on" if BatchOptions.classifier else "off",
+                   help="segment: refine the boundaries with a pixel classifier trained on the template and the "
+                        "confident targets (default %(default)s; needs scikit-learn)")
 
 
 def batch_options(args) -> BatchOptions | None:
@@ -55,7 +59,8 @@ def batch_options(args) -> BatchOptions | None:
     for name in ("batch_min", "batch_neighbours", "batch_rounds"):
         if getattr(args, name) < 1:
             raise MedshotError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    return BatchOptions(min_targets=args.batch_min, neighbours=args.batch_neighbours, rounds=args.batch_rounds)
+    return BatchOptions(min_targets=args.batch_min, neighbours=args.batch_neighbours, rounds=args.batch_rounds,
+                        classifier=getattr(args, "batch_classifier", "off") == "on")
 
 
 @dataclass
@@ -71,6 +76,7 @@ class StageShot:
     helpers: dict[str, list[str]] = field(default_factory=dict)  # target key -> its pool members this round
     current: str = ""  # the final stage: the target being written
     reasons: dict[str, str] = field(default_factory=dict)  # target key -> why a stage failed for it
+    classifier: tuple[str, str] | None = None  # the final stage: the pixel classifier's file and digest
 
     @property
     def ndim(self) -> int:
@@ -106,7 +112,10 @@ class StageShot:
         return found
 
     def segment(self, image):
-        return self.found(self.current).result
+        result = self.found(self.current).result
+        if self.classifier is not None:
+            result = _classifier(*self.classifier).refine(result, fold_of(list(self.stems).index(self.current)))
+        return result
 
     localize = segment
 
@@ -114,7 +123,7 @@ class StageShot:
         """What the stages change: it travels with each target's work (:func:`staged`), while the rest of
         the shot (the batch, its template) stays in the workers from one stage to the next."""
         return {"latest": dict(self.latest), "pool": dict(self.pool), "helpers": dict(self.helpers),
-                "reasons": dict(self.reasons)}
+                "reasons": dict(self.reasons), "classifier": self.classifier}
 
 
 def staged(stage: StageShot, path: Path, work, state: dict) -> tuple[dict[str, bytes], list[list]]:
@@ -122,6 +131,12 @@ def staged(stage: StageShot, path: Path, work, state: dict) -> tuple[dict[str, b
     for name, value in state.items():
         setattr(stage, name, value)
     return work(stage, path)
+
+
+@functools.lru_cache(maxsize=1)
+def _classifier(path: str, digest: str):
+    """The pixel classifier a final stage refines with (read once per worker; ``digest`` keys the cache)."""
+    return pickle.loads(Path(path).read_bytes())
 
 
 def _attach(found: Found, image) -> None:
@@ -251,13 +266,32 @@ def _stages(args, spec, stage: StageShot, files: list[Path], settings: dict, opt
         for i in plan.record(done):
             stage.pool[keys[i]] = name
     print(f"{spec.command}: {plan.summary()}", file=sys.stderr)
+    stage.classifier = _train(stage, keys) if spec.command == "segment" and options.classifier else None
     final = BatchSpec(spec.command, spec.table, [*spec.header[:-2], "templates", *spec.header[-2:]],
                       functools.partial(staged, work=functools.partial(final_work, inner=spec.work),
                                         state=stage.state()), spec.unit)
-    final_settings = {**batch_settings, "latest": _digest_text(json.dumps(
+    final_settings = {**batch_settings, "classifier": stage.classifier and stage.classifier[1],
+                      "latest": _digest_text(json.dumps(
         {k: [stage.latest.get(k, "pass1"), _digest(stage.folder / stage.latest.get(k, "pass1") /
                                                    (stems[k] + ".found.pkl"))] for k in keys}, sort_keys=True))}
     return run(final, stage, files, args.out, final_settings)
+
+
+def _train(stage: StageShot, keys: list[str]) -> tuple[str, str] | None:
+    """The pixel classifier trained on the template and the pool (``classifier.pkl`` beside the stages),
+    and the digest of what it learned from; None when there is nothing to learn from."""
+    from ..data.write import write_bytes_atomic
+
+    members = sorted(stage.pool, key=keys.index)
+    learned = [[k, stage.pool[k], _digest(stage.folder / stage.pool[k] / (stage.stems[k] + ".found.pkl"))]
+               for k in members]
+    model = stage.batch.train_classifier({keys.index(k): stage.found(k, stage.pool[k]).result for k in members})
+    if model is None:
+        return None
+    path = stage.folder / "classifier.pkl"
+    write_bytes_atomic(path, pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL))
+    width = stage.batch.options.classifier_width
+    return str(path), _digest_text(json.dumps([width, learned]))
 
 
 def _confidences(folder: Path, keys: list[str], stems: dict[str, str], reasons: dict[str, str]) -> list[float]:
