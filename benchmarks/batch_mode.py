@@ -26,8 +26,7 @@ only the first 2 or 3 targets of each template), ``perlabel`` (a target joins th
 and landmarks it is confident on: ``BatchOptions(pool="label")``), ``clf05``, ``clf10``, ``clf25`` (the
 default's label maps refined by the pixel classifier of :mod:`medshot.pipeline.classifier`, trained on the
 template and the pool; shape-prior width 0.05, 0.10, 0.25 of each label's equivalent radius), ``clf10t``
-(width 0.10, trained on the template alone), ``g05a70`` ... ``g10a90`` (width 0.05 or 0.10, a label
-refined only where the classifier's check on unseen pool members reaches ROC AUC 0.7, 0.8 or 0.9).
+(width 0.10, trained on the template alone).
 
 Usage::
 
@@ -64,14 +63,10 @@ VOLUME_TASKS = {f"{name}_3d": task["folder"] for name, task in TASKS_3D.items()}
 WINDOWS = {f"{name}_3d": task["window"] for name, task in TASKS_3D.items()}
 VARIANTS = {"k1": dict(neighbours=1), "k3": dict(neighbours=3), "ow1": dict(original_weight=1.0),
             "k3ow1": dict(neighbours=3, original_weight=1.0), "r1": {}, "noconsensus": {}, "m2": {}, "m3": {},
-            "perlabel": dict(pool="label"), "clf05": {}, "clf10": {}, "clf25": {}, "clf10t": {},
-            **{g: {} for g in ("g05a70", "g05a80", "g05a90", "g10a80", "g10a90", "t05", "t10")}}
+            "perlabel": dict(pool="label"), "clf05": {}, "clf10": {}, "clf25": {}, "clf10t": {}}
 # pixel classifier variants: the shape prior's width (a fraction of each label's equivalent radius), and
 # whether the pool members train it besides the template
-CLASSIFIER = {"clf05": (0.05, True, 0.0), "clf10": (0.10, True, 0.0), "clf25": (0.25, True, 0.0),
-              "clf10t": (0.10, False, 0.0), "g05a70": (0.05, True, 0.7), "g05a80": (0.05, True, 0.8),
-              "g05a90": (0.05, True, 0.9), "g10a80": (0.10, True, 0.8), "g10a90": (0.10, True, 0.9),
-              "t05": (0.05, True, "template"), "t10": (0.10, True, "template")}
+CLASSIFIER = {"clf05": (0.05, True), "clf10": (0.10, True), "clf25": (0.25, True), "clf10t": (0.10, False)}
 
 
 class SharedBatch(Batch):
@@ -147,7 +142,6 @@ def run_task(task: str, folder: Path, split: str, variants: list[str], max_templ
     rows = {m: {} for m in methods}  # method -> template -> list of (dice, ned)
     scores = {m: [] for m in methods}
     seconds_batch = {}
-    models = {}  # (template, width, with pool) -> its pixel classifier
     for t in template_names:
         others = [g for g in names if g != t]
         ok = [g for g in others if first[t, g] is not None]
@@ -184,17 +178,11 @@ def run_task(task: str, folder: Path, split: str, variants: list[str], max_templ
             elif v in CLASSIFIER:
                 got = results
                 if masks and batch.plan is not None:
-                    width, with_pool, min_auc = CLASSIFIER[v]
+                    width, with_pool = CLASSIFIER[v]
                     done = [results[g] for g in ok]
-                    gate = min_auc == "template"
-                    key = (t, width, with_pool, gate)  # the AUC gates share one training
-                    if key not in models:
-                        models[key] = train_classifier(images[t], truth[t], shots[t].window,
-                                                       {i: done[i] for i in sorted(batch.plan.pool)} if with_pool
-                                                       else {}, width, with_template_only=not with_pool,
-                                                       template_check=gate)
-                    model = copy.copy(models[key])
-                    model.min_auc = 0.0 if gate else min_auc
+                    model = train_classifier(images[t], truth[t], shots[t].window,
+                                             {i: done[i] for i in sorted(batch.plan.pool)} if with_pool else {},
+                                             width, with_template_only=not with_pool)
                     got = {g: model.refine(done[i], fold_of(i)) for i, g in enumerate(ok)}
             else:
                 keep = ok[:int(v[1:])] if v in ("m2", "m3") else ok

@@ -220,6 +220,12 @@ def test_cli_pixel_classifier_is_the_apis_and_resume_redoes_only_the_outputs(tmp
 
     for mask, result in zip(masks(), on):
         np.testing.assert_array_equal(mask, result.label_map)
+    # the same with workers (every worker reads the one classifier the planning process trained)
+    parallel = tmp_path / "parallel"
+    assert main([*args[:-4], "--out", str(parallel), "--workers", "2", "--batch-classifier", "on"]) == 0
+    for target in targets:
+        name = target.stem + "_mask.png"
+        assert (parallel / name).read_bytes() == (out / name).read_bytes()
     # turning it off on resume: pass 1 and the rounds are kept, the outputs are redone without it
     pass1 = {p: p.stat().st_mtime_ns for p in (out / ".medshot-batch" / "pass1").glob("*.found.pkl")}
     assert main([*args, "--batch-classifier", "off", "--resume"]) == 0
@@ -246,6 +252,18 @@ def test_cli_batch_mode_off_and_bad_options(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--batch-neighbours must be at least 1" in err and "Traceback" not in err
     assert not (tmp_path / "bad").exists()
+
+
+def test_cli_classifier_without_scikit_learn_says_how_to_install(tmp_path, capsys, monkeypatch):
+    import sys
+
+    template, targets = _write_batch(tmp_path / "in", n=2)
+    monkeypatch.setitem(sys.modules, "sklearn", None)  # import sklearn raises ImportError
+    assert main(["segment", "--template", str(template), *map(str, targets), "--out", str(tmp_path / "out"),
+                 "--batch-classifier", "on"]) == 2
+    err = capsys.readouterr().err
+    assert 'pip install "medshot[learn]"' in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
 
 
 # -- napari run panel's runner (no Qt) --------------------------------------------------------------------

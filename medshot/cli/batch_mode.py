@@ -59,8 +59,14 @@ def batch_options(args) -> BatchOptions | None:
     for name in ("batch_min", "batch_neighbours", "batch_rounds"):
         if getattr(args, name) < 1:
             raise MedshotError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    classifier = getattr(args, "batch_classifier", "off") == "on"
+    if classifier and args.command == "segment":
+        try:
+            import sklearn  # noqa: F401
+        except ImportError as exc:
+            raise MedshotError("--batch-classifier on needs scikit-learn: pip install \"medshot[learn]\"") from exc
     return BatchOptions(min_targets=args.batch_min, neighbours=args.batch_neighbours, rounds=args.batch_rounds,
-                        classifier=getattr(args, "batch_classifier", "off") == "on")
+                        classifier=classifier)
 
 
 @dataclass
@@ -283,9 +289,10 @@ def _train(stage: StageShot, keys: list[str]) -> tuple[str, str] | None:
     from ..data.write import write_bytes_atomic
 
     members = sorted(stage.pool, key=keys.index)
-    learned = [[k, stage.pool[k], _digest(stage.folder / stage.pool[k] / (stage.stems[k] + ".found.pkl"))]
-               for k in members]
-    model = stage.batch.train_classifier({keys.index(k): stage.found(k, stage.pool[k]).result for k in members})
+    # each member's final result, as the Python API trains on
+    latest = {k: stage.latest.get(k, "pass1") for k in members}
+    learned = [[k, latest[k], _digest(stage.folder / latest[k] / (stage.stems[k] + ".found.pkl"))] for k in members]
+    model = stage.batch.train_classifier({keys.index(k): stage.found(k, latest[k]).result for k in members})
     if model is None:
         return None
     path = stage.folder / "classifier.pkl"

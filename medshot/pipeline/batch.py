@@ -36,7 +36,7 @@ from ..data.annotations import Landmark
 from ..data.image import Image
 from ..data.template import Template
 from ..match.signature import image_signature
-from .classifier import fold_of
+from .classifier import fold_of, train_classifier
 from .ensemble import fuse_results, prior_factor
 from .fusion import local_agreement, on_image
 from .oneshot import OneShot
@@ -80,7 +80,7 @@ class BatchOptions:
     consensus: bool = True
     original_weight: float | None = None
     classifier: bool = False
-    classifier_width: float = 0.10
+    classifier_width: float = 0.05
 
 
 @dataclass
@@ -297,18 +297,17 @@ class Batch:
             pool |= {i: found[i] for i in plan.record({i: found[i].confidence for i in todo})}
         self.note = plan.summary()
         results = [f.result for f in found]
-        model = self.train_classifier({i: pool[i].result for i in pool})
+        # the pool members' final results (better than the ones they joined with; the benchmark measured these)
+        model = self.train_classifier({i: found[i].result for i in pool})
         if model is not None:
             results = list(map_function(model.refine, results, [fold_of(i) for i in range(len(results))]))
         return results
 
     def train_classifier(self, pool: dict[int, TargetResult]):
         """The batch's :class:`~medshot.pipeline.classifier.PixelClassifier` from the pool members' results
-        (position in the batch -> the result it joined with), or None when it is off or has nothing to learn."""
+        (position in the batch -> its final result), or None when it is off or has nothing to learn."""
         if not (self.options.classifier and self.masks and pool and self.shot.template.mask is not None):
             return None
-        from .classifier import train_classifier
-
         template = self.shot.template
         return train_classifier(template.image, template.mask, self.shot.window, pool, self.options.classifier_width)
 

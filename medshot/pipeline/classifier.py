@@ -34,14 +34,18 @@ def fold_of(position: int) -> int:
     """The fold of the target at ``position`` in the batch (its forest never saw it)."""
     return position % 2
 
-# Gaussian scales of the features, in pixels of the finest axis: a fetal head's boundary (HC18, 800x540)
-# and a hippocampus slice's (35x50) both lie within 1-16 pixels of structure.
+
+# Gaussian scales of the features, in pixels of the finest axis: the five scales of scikit-image's
+# multiscale_basic_features (sigma 1 to 16), which the first experiment used; not tuned.
 SIGMAS = (1.0, 2.0, 4.0, 8.0, 16.0)
 # Pixels per class per training image. Class-balanced, so that the forest gives likelihood ratios (the
 # prior says how much of each class to expect) and a small label is not drowned by the background.
 SAMPLES_PER_CLASS = 3000
-# The Gaussian kernels end at this many scales (scipy's default is 4): a box's margin of 3 of the largest
-# scale then gives exactly the features of the whole image, at 3/4 of the cost.
+# The forests' size: not tuned; 50 trees of depth 12 (leaves of 5 samples or more) train in seconds on
+# the ~6000 samples per image and were the only size measured (docs/batch_mode.md).
+FOREST = dict(n_estimators=50, max_depth=12, min_samples_leaf=5, n_jobs=1)
+# The Gaussian kernels end at this many scales (scipy's default is 4), and a box's margin is as wide as the
+# largest kernel: the features of a box are then exactly those of the whole image (tests/test_classifier.py).
 TRUNCATE = 3.0
 # The shape prior's logistic reaches 0.95 at 3 widths from the boundary: farther, nothing changes.
 BAND = 3.0
@@ -127,37 +131,23 @@ class PixelClassifier:
         The template's intensity window (features see intensities as matching does).
     width : float
         The shape prior's width, a fraction of each label's equivalent radius.
-    checks : list of dict
-        ``checks[f][label]``: how well ``forests[f]`` tells the label from the rest on the pool members
-        it never saw (fold ``f``'s), as ROC AUC of its probability against their label maps.
-    min_auc : float
-        A label is refined only where its check reaches this (appearance that tells it apart).
     """
 
     forests: list
     classes: list[int]
     window: tuple[float, float] | None
     width: float
-    checks: list[dict[int, float]]
-    min_auc: float = 0.0
-    template_gain: dict[int, float] | None = None
-
-    def movable(self, fold: int) -> list[int]:
-        """The labels that fold ``fold``'s forest refines."""
-        return [c for c, auc in self.checks[fold].items() if auc >= self.min_auc
-                and (self.template_gain is None or self.template_gain.get(c, 0.0) > 0)]
 
     def refine(self, result: TargetResult, fold: int) -> TargetResult:
         """``result`` with its label map refined near the boundaries (the same result when it has none)."""
-        movable = self.movable(fold) if self.forests[fold] is not None else []
-        if not movable or result.label_map is None or not np.any(np.isin(result.label_map, movable)):
+        if self.forests[fold] is None or result.label_map is None or not np.any(result.label_map):
             return result
         spacing = np.asarray(result.image.spacing, float)
         box = label_box(result.label_map, spacing, self.width)
         before = result.label_map[box]
         refined = result.label_map.copy()
         refined[box] = refine_labels(before, lambda where: pixel_features(result.image, self.window, box, where),
-                                     self.forests[fold], spacing, self.width, movable)
+                                     self.forests[fold], spacing, self.width)
         out = copy.copy(result)
         out.label_map = refined
         out.evidence = {**result.evidence, "classifier changed": int(np.sum(refined[box] != before))}
@@ -165,8 +155,7 @@ class PixelClassifier:
 
 
 def train_classifier(template: Image, truth: np.ndarray, window, pool: dict[int, TargetResult],
-                     width: float, seed: int = 0, with_template_only: bool = False,
-                     min_auc: float = 0.0, template_check: bool = False) -> PixelClassifier:
+                     width: float, seed: int = 0, with_template_only: bool = False) -> PixelClassifier:
     """The :class:`PixelClassifier` of a batch.
 
     Parameters
@@ -181,9 +170,7 @@ def train_classifier(template: Image, truth: np.ndarray, window, pool: dict[int,
     seed : int
     with_template_only : bool
         Train a fold's forest even when the other fold has no pool member (for measuring the template's
-        share; batch mode leaves such a fold as it is). Its forest has no check: it refines every label.
-    min_auc : float
-        See :class:`PixelClassifier`.
+        share; batch mode leaves such a fold as it is).
     """
     try:
         from sklearn.ensemble import RandomForestClassifier
@@ -195,78 +182,18 @@ def train_classifier(template: Image, truth: np.ndarray, window, pool: dict[int,
     own = _samples(template, truth, window, classes, seed)
     members = {i: _samples(r.image, r.label_map, window, classes, seed + 1 + i) for i, r in sorted(pool.items())
                if r.label_map is not None and np.any(r.label_map)}
-    forests, checks = [], []
+    forests = []
     for fold in (0, 1):
         others = [s for i, s in members.items() if fold_of(i) != fold]
         if not others and not with_template_only:
             forests.append(None)
-            checks.append({})
             continue
         parts = [own, *others]
         x = np.concatenate([p[0] for p in parts])
         y = np.concatenate([p[1] for p in parts])
-        forest = RandomForestClassifier(n_estimators=50, max_depth=12, min_samples_leaf=5, random_state=seed, n_jobs=1)
+        forest = RandomForestClassifier(**FOREST, random_state=seed)
         forests.append(forest.fit(x, y))
-        unseen = [s for i, s in members.items() if fold_of(i) == fold]
-        checks.append(_check(forest, unseen, classes) if unseen or not with_template_only
-                      else {c: 1.0 for c in classes if c})
-    model = PixelClassifier(forests, classes, window, width, checks, min_auc)
-    if template_check and members:
-        x = np.concatenate([m[0] for m in members.values()])
-        y = np.concatenate([m[1] for m in members.values()])
-        forest = RandomForestClassifier(n_estimators=50, max_depth=12, min_samples_leaf=5, random_state=seed, n_jobs=1)
-        model.template_gain = template_gain(forest.fit(x, y), template, truth, window, width)
-    return model
-
-
-def template_gain(forest, template: Image, truth: np.ndarray, window, width: float) -> dict[int, float]:
-    """Label -> how much refining with ``forest`` (which never saw the template) improves the template's
-    own label map, as mean Dice gain over three starts: the truth itself, and the truth with the label's
-    boundary moved in and out by one prior width."""
-    spacing = np.asarray(template.spacing, float)
-    box = label_box(truth, spacing, width * 2)
-    part = truth[box]
-    out = {}
-    for c in [int(v) for v in np.unique(part) if v != 0]:
-        inside = part == c
-        signed = (ndimage.distance_transform_edt(inside, sampling=spacing)
-                  - ndimage.distance_transform_edt(~inside, sampling=spacing))
-        shift = width * equivalent_radius(inside, spacing)
-        gains = []
-        for start in (inside, signed > shift, (signed > -shift) & ((part == 0) | inside)):
-            moved = np.where(inside, 0, part).astype(part.dtype)
-            moved[start] = c
-            refined = refine_labels(moved, lambda where: pixel_features(template, window, box, where), forest,
-                                    spacing, width, [c])
-            gains.append(_dice(refined == c, inside) - _dice(start, inside))
-        out[c] = float(np.mean(gains))
-    return out
-
-
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = a.sum() + b.sum()
-    return 2.0 * float(np.sum(a & b)) / total if total else 1.0
-
-
-def _check(forest, unseen: list[tuple[np.ndarray, np.ndarray]], classes: list[int]) -> dict[int, float]:
-    """Label -> ROC AUC of the forest's probability of it on samples it never saw (NaN-free: a label
-    missing from them gets 0, so it is not refined unchecked)."""
-    from sklearn.metrics import roc_auc_score
-
-    if not unseen:
-        return {}
-    x = np.concatenate([u[0] for u in unseen])
-    y = np.concatenate([u[1] for u in unseen])
-    proba = forest.predict_proba(x)
-    known = list(forest.classes_)
-    out = {}
-    for c in classes:
-        if c == 0:
-            continue
-        truth = y == c
-        out[c] = float(roc_auc_score(truth, proba[:, known.index(c)])) if c in known and 0 < truth.sum() < truth.size \
-            else 0.0
-    return out
+    return PixelClassifier(forests, classes, window, width)
 
 
 def _samples(image: Image, label_map: np.ndarray, window, classes: list[int],
@@ -284,12 +211,10 @@ def _samples(image: Image, label_map: np.ndarray, window, classes: list[int],
     return pixel_features(image, window, box, pick), labels[pick]
 
 
-def refine_labels(label_map: np.ndarray, features, forest, spacing: np.ndarray, width: float,
-                  movable: list[int]) -> np.ndarray:
-    """``label_map`` with each pixel within :data:`BAND` prior widths of a ``movable`` label's boundary given
-    the class (0 or a movable label) of the highest forest likelihood × shape prior; the other labels' pixels
-    stay (``features(where)``: the features at flat indices ``where``)."""
-    labels = [int(v) for v in np.unique(label_map) if v != 0 and v in movable]
+def refine_labels(label_map: np.ndarray, features, forest, spacing: np.ndarray, width: float) -> np.ndarray:
+    """``label_map`` with each pixel within :data:`BAND` prior widths of a boundary given the class of the
+    highest forest likelihood × shape prior (``features(where)``: the features at flat indices ``where``)."""
+    labels = [int(v) for v in np.unique(label_map) if v != 0]
     z, band = [], np.zeros(label_map.shape, bool)
     for lab in labels:
         inside = label_map == lab
@@ -297,7 +222,6 @@ def refine_labels(label_map: np.ndarray, features, forest, spacing: np.ndarray, 
                   - ndimage.distance_transform_edt(~inside, sampling=spacing))
         z.append(signed / max(width * equivalent_radius(inside, spacing), 1e-6))
         band |= np.abs(z[-1]) < BAND
-    band &= (label_map == 0) | np.isin(label_map, labels)
     where = np.flatnonzero(band.reshape(-1))
     if where.size == 0:  # labels of a pixel or so: no boundary wide enough to move
         return label_map
