@@ -26,6 +26,7 @@ from scipy import ndimage
 
 from ..core.errors import MedshotError
 from ..core.intensity import normalize_intensity
+from ..core.labels import equivalent_radius
 from ..data.image import Image
 from .result import TargetResult
 
@@ -92,7 +93,7 @@ def label_box(label_map: np.ndarray, spacing: np.ndarray, width: float) -> tuple
     labels = [v for v in np.unique(label_map) if v != 0]
     if not labels:
         return None
-    reach = BAND * width * max(equivalent_radius(label_map == v, spacing) for v in labels)
+    reach = BAND * width * max(radius_mm(label_map == v, spacing) for v in labels)
     margin = np.ceil(reach / np.asarray(spacing, float)).astype(int) + 1
     found = np.argwhere(label_map != 0)
     low = np.maximum(found.min(axis=0) - margin, 0)
@@ -109,11 +110,9 @@ def context_box(label_map: np.ndarray) -> tuple[slice, ...]:
     return tuple(slice(int(max(a - g, 0)), int(min(b + g, n))) for a, b, g, n in zip(low, high, grow, label_map.shape))
 
 
-def equivalent_radius(inside: np.ndarray, spacing: np.ndarray) -> float:
+def radius_mm(inside: np.ndarray, spacing: np.ndarray) -> float:
     """The radius in mm of the disc (2D) or ball (3D) of the same size as ``inside``."""
-    ndim = inside.ndim
-    unit_ball = np.pi if ndim == 2 else 4 / 3 * np.pi
-    return float((inside.sum() * np.prod(spacing) / unit_ball) ** (1 / ndim))
+    return equivalent_radius(float(inside.sum() * np.prod(spacing)), inside.ndim)
 
 
 @dataclass
@@ -220,7 +219,7 @@ def refine_labels(label_map: np.ndarray, features, forest, spacing: np.ndarray, 
         inside = label_map == lab
         signed = (ndimage.distance_transform_edt(inside, sampling=spacing)
                   - ndimage.distance_transform_edt(~inside, sampling=spacing))
-        z.append(signed / max(width * equivalent_radius(inside, spacing), 1e-6))
+        z.append(signed / max(width * radius_mm(inside, spacing), 1e-6))
         band |= np.abs(z[-1]) < BAND
     where = np.flatnonzero(band.reshape(-1))
     if where.size == 0:  # labels of a pixel or so: no boundary wide enough to move
